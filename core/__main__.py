@@ -1,0 +1,181 @@
+"""Command line: ``python -m core {datasets,train,evaluate,bench} ...``.
+
+Exit code 0 on success; 2 with a one-line reason on stderr for bad input; 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from dataclasses import fields
+from pathlib import Path
+
+from core.data.index import DatasetError
+from core.images import ImageError
+from core.runs import RunError
+
+USER_ERRORS = (DatasetError, ImageError, RunError, ValueError, FileNotFoundError, PermissionError, FloatingPointError)
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from core.data.builtin import all_datasets
+
+    rows = all_datasets()
+    if args.json:
+        print(json.dumps([{"data": spec, "categories": cats} for spec, cats in rows]))
+        return 0
+    for spec, cats in rows:
+        print(f"{spec}\n    categories: {', '.join(cats)}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from core.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return TrainConfig(**given)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.train import fit
+
+    cfg = _train_config(args)
+    cfg.validate()
+    stop = threading.Event()
+    bar = None  # created once the data is loaded, so an error message is not mixed with a bar
+
+    def on_progress(p) -> None:
+        nonlocal bar
+        if p.phase == "start":
+            bar = tqdm(total=cfg.epochs, initial=p.epoch, unit="epoch", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+        elif p.phase == "epoch" and bar is not None:
+            bar.update(p.epoch - bar.n)
+            bar.set_postfix(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+
+    try:
+        run_dir = fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop, resume=args.resume)
+    except KeyboardInterrupt:
+        stop.set()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    from core.runs import read_history
+
+    hist = read_history(run_dir)
+    print(f"run: {run_dir}")
+    print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
+    if not args.no_eval:
+        from core.evaluate import evaluate_run
+
+        m = evaluate_run(run_dir, device=cfg.device)
+        print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluate import evaluate_run
+
+    m = evaluate_run(args.run_dir, device=args.device, strips=not args.no_strips)
+    if args.json:
+        print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
+    else:
+        for key in ("image_auroc", "average_precision", "f1_max", "threshold", "pixel_auroc", "aupro", "n_images", "n_defective"):
+            print(f"{key:>18}: {_fmt(m.get(key))}")
+        if m.get("n_skipped"):
+            print(f"skipped {m['n_skipped']} unreadable file(s):", file=sys.stderr)
+            for path, reason in m["skipped"]:
+                print(f"  {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from core import bench
+
+    result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=args.epochs,
+                       batch_size=args.batch_size, quality_epochs=args.quality_epochs)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="AnomalyLab: unsupervised visual anomaly detection.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("datasets", help="list built-in and configured datasets with their categories")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
+
+    t = sub.add_parser("train", help="train an AE or VAE on the normal training images")
+    t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
+    t.add_argument("--category", help="category (default: the first one)")
+    t.add_argument("--model", choices=["ae", "vae"], default="ae")
+    t.add_argument("--size", type=int, help="image side in px (default 128)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", dest="batch_size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--z-dim", dest="z_dim", type=int, help="VAE latent size")
+    t.add_argument("--base-channels", dest="base_channels", type=int, help="width of the first block")
+    t.add_argument("--depth", type=int, help="AE encoder blocks")
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--data-seed", dest="data_seed", type=int, help="seed of the built-in synthetic data")
+    t.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    t.add_argument("--augment", action="store_true", default=None, help="random crops and flips")
+    t.add_argument("--crop-scale", dest="crop_scale", type=float)
+    t.add_argument("--max-minutes", dest="max_minutes", type=float, help="stop after this much training time")
+    t.add_argument("--score", dest="score_mode", choices=["mean", "max", "topk", "sum"])
+    t.add_argument("--smooth-sigma", dest="smooth_sigma", type=float)
+    t.add_argument("--out", help="run folder (default: <workspace>/runs/<id>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-eval", action="store_true", help="skip scoring the test split after training")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a run's test split; write metrics.json, scores.csv, strips/")
+    e.add_argument("run_dir")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-strips", action="store_true", help="do not write heatmap strips")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
+    b.add_argument("what", choices=["train"])
+    b.add_argument("--data", default="builtin:synthetic")
+    b.add_argument("--category")
+    b.add_argument("--size", type=int, default=128)
+    b.add_argument("--epochs", type=int, default=2, help="timed epochs per loop")
+    b.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    b.add_argument("--quality-epochs", dest="quality_epochs", type=int, default=0,
+                   help="also train both loops this many epochs and compare image AUROC (0 = skip)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

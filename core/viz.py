@@ -1,0 +1,57 @@
+"""Heatmaps, overlays and figure strips, all returned as uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from core.images import to_uint8_hwc
+
+
+def heatmap(amap: np.ndarray, vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
+    """Colour a float map ``(H, W)`` with the JET colormap; returns RGB uint8 ``(H, W, 3)``.
+
+    ``vmin``/``vmax`` fix the scale so that several images can be compared; by default the map's
+    own maximum is used.
+    """
+    amap = np.asarray(amap, dtype=np.float32)
+    top = float(amap.max()) if vmax is None else float(vmax)
+    scaled = np.clip((amap - vmin) / max(top - vmin, 1e-12), 0.0, 1.0)
+    bgr = cv2.applyColorMap((scaled * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend an RGB heatmap over an image (uint8 RGB or gray)."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def mask_contour(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Draw the outline of a boolean mask on an RGB image (copy)."""
+    out = image.copy() if image.ndim == 3 and image.shape[2] == 3 else overlay(image, np.zeros((*image.shape[:2], 3), np.uint8), 0.0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, image.shape[0] // 128)
+    cv2.drawContours(out, contours, -1, color, thickness)
+    return out
+
+
+def strip(panels: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Place RGB panels of equal height side by side with a white gap."""
+    h = panels[0].shape[0]
+    parts = []
+    for i, p in enumerate(panels):
+        if p.ndim == 2:
+            p = np.repeat(p[:, :, None], 3, axis=2)
+        if p.shape[0] != h:
+            p = cv2.resize(p, (int(p.shape[1] * h / p.shape[0]), h), interpolation=cv2.INTER_NEAREST)
+        if i:
+            parts.append(np.full((h, gap, 3), 255, np.uint8))
+        parts.append(p)
+    return np.concatenate(parts, axis=1)
+
+
+def result_strip(x: np.ndarray, recon: np.ndarray, amap: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """The article's figure: [input | reconstruction | heatmap] from float CHW arrays and a map."""
+    return strip([to_uint8_hwc(x), to_uint8_hwc(recon), heatmap(amap, 0.0, vmax)])

@@ -1,0 +1,86 @@
+"""Where AnomalyLab keeps what it writes, and atomic file IO.
+
+Everything the project writes (built-in dataset caches, runs, the label database) lives below one
+workspace directory: ``./workspace`` by default, or ``$ANOMALYLAB_HOME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ENV_HOME = "ANOMALYLAB_HOME"
+
+
+def workspace_dir() -> Path:
+    """Return the workspace directory (created on first use)."""
+    root = Path(os.environ.get(ENV_HOME) or "workspace").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def runs_dir() -> Path:
+    """Return ``<workspace>/runs`` (created on first use)."""
+    path = workspace_dir() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(name: str) -> Path:
+    """Return ``<workspace>/cache/<name>`` (created on first use)."""
+    path = workspace_dir() / "cache" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _temp_sibling(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = _temp_sibling(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write UTF-8 text atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths show up in metric dicts; keep JSON writing forgiving for them.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def atomic_torch_save(path: Path | str, obj: Any) -> None:
+    """``torch.save`` to a temp file, then rename: a crash never leaves a truncated checkpoint."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())

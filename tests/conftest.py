@@ -1,0 +1,30 @@
+"""Shared fixtures: every test session writes into its own temporary workspace."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_small"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("workspace")
+    old = os.environ.get("ANOMALYLAB_HOME")
+    os.environ["ANOMALYLAB_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ANOMALYLAB_HOME", None)
+    else:
+        os.environ["ANOMALYLAB_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def mvtec_small() -> Path:
+    """The shared real MVTec subset; skips the test with a reason when it is absent."""
+    if not (SHARED_DATA / "bottle" / "train" / "good").is_dir():
+        pytest.skip(f"real MVTec data not found at {SHARED_DATA} (it lives next to the checkout, never in the repo)")
+    return SHARED_DATA
