@@ -116,6 +116,7 @@ class Progress:
     preview: list[tuple[np.ndarray, np.ndarray]] | None = None  # (input, reconstruction) float CHW
     history: list[dict[str, float]] = field(default_factory=list)
     message: str = ""
+    run_dir: str = ""
 
 
 ProgressFn = Callable[[Progress], None]
@@ -248,7 +249,7 @@ def fit(
     status, epoch, last_saved = "finished", start_epoch - 1, time.monotonic()
     runs.write_history(run_dir, "running", history, best_epoch, best_val)
     if progress:
-        progress(Progress("start", start_epoch - 1, cfg.epochs, batches=batches, history=list(history)))
+        progress(Progress("start", start_epoch - 1, cfg.epochs, batches=batches, history=list(history), run_dir=str(run_dir)))
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.monotonic()

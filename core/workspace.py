@@ -84,3 +84,44 @@ def atomic_torch_save(path: Path | str, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+ENV_ALLOWED_ROOTS = "ANOMALYLAB_ALLOWED_ROOTS"
+
+
+class AccessError(PermissionError):
+    """A path outside the folders the server is allowed to read."""
+
+
+def default_allowed_roots() -> list[Path]:
+    """Folders datasets may be read from: the workspace, ``./data`` and ``../shared/data`` when present.
+
+    ``$ANOMALYLAB_ALLOWED_ROOTS`` (os.pathsep-separated) replaces this list when set.
+    """
+    env = os.environ.get(ENV_ALLOWED_ROOTS, "")
+    if env.strip():
+        return [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
+    project = Path(__file__).resolve().parents[1]
+    roots = [workspace_dir()]
+    for base in dict.fromkeys([Path.cwd(), project]):
+        roots += [base / "data", base.parent / "shared" / "data"]
+    out: list[Path] = []
+    for r in roots:
+        r = r.resolve()
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def check_allowed(path: Path | str, roots: list[Path] | None = None) -> Path:
+    """Resolve ``path`` (following links) and return it when it lies below an allowed root.
+
+    Raises:
+        AccessError: when it does not, with the allowed roots in the message.
+    """
+    roots = [Path(r).resolve() for r in (roots if roots is not None else default_allowed_roots())]
+    real = Path(path).expanduser().resolve()
+    if any(real == r or r in real.parents for r in roots):
+        return real
+    names = ", ".join(str(r) for r in roots) or "(none)"
+    raise AccessError(f"{path} is outside the folders this server may read: {names}")
