@@ -1,4 +1,4 @@
-"""AnomalyLab: the Streamlit entry point. Routes pages; all work happens in ``core``."""
+"""AnomalyLab: the Streamlit entry point. Routes pages; work happens in ``core``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import streamlit as st
 
 st.set_page_config(page_title="AnomalyLab", page_icon=":material/biotech:", layout="wide")
 
-pages = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+PAGES = [
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/dataset.py", title="Dataset", icon=":material/photo_library:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/results.py", title="Results", icon=":material/insights:"),
+    st.Page("views/try_image.py", title="Try your image", icon=":material/upload:"),
 ]
-st.navigation(pages).run()
+
+st.navigation(PAGES).run()  # each page draws the shared sidebar first (pages/ui.py: selection())

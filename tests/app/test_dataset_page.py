@@ -1,0 +1,175 @@
+"""AppTest: the Dataset page on the built-in synthetic data and on a custom MVTec tree with bad files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from views import ui
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "views/dataset.py"
+
+
+def _dataset_page(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, at.exception
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _thumbnail_count(at: AppTest) -> int:
+    """Images on the page minus the full-size view."""
+    return len(at.get("image")) - 1
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [w.value for w in at.warning]
+    parts += [i.value for i in at.info] + [s.value for s in at.success] + [e.label for e in at.expander]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_dataset_page_on_builtin_synthetic() -> None:
+    at = _dataset_page(AppTest.from_file(APP, default_timeout=120))
+    assert at.title[0].value == "Dataset"
+    # Counts table: one row per split/defect with count and masks.
+    counts = next(df.value for df in at.dataframe if {"split", "defect", "count", "masks"} <= set(df.value.columns))
+    assert ("train", "good") in set(zip(counts["split"], counts["defect"]))
+    assert counts["count"].sum() > 0 and counts.loc[counts["defect"] != "good", "masks"].sum() > 0
+    # Key widgets: filters and pagination.
+    for key in ("dataset_splits", "dataset_defects"):
+        assert at.multiselect(key=key) is not None
+    assert at.checkbox(key="dataset_only_mask").value is False
+    assert at.selectbox(key="dataset_page_size").value == 48
+    assert list(at.selectbox(key="dataset_page_size").options) == ["24", "48", "96", "300"]
+    assert len(at.get("pagination")) == 1
+    assert _thumbnail_count(at) == 48
+    assert all(" · " in c for img in at.get("image")[:-1] for c in img.captions)
+
+    # Filter to one defect type: only its images, each with a mask.
+    at.multiselect(key="dataset_defects").set_value(["broken"]).run()
+    assert not at.exception
+    n_broken = int(counts.loc[counts["defect"] == "broken", "count"].sum())
+    assert _thumbnail_count(at) == n_broken
+    assert all(c.startswith("broken · ") for img in at.get("image")[:-1] for c in img.captions)
+    at.checkbox(key="dataset_only_mask").check().run()
+    assert not at.exception and _thumbnail_count(at) == n_broken
+    assert "ground_truth/broken/" in _texts(at)
+
+    # Mask overlay style and toggle; stepping through images.
+    at.segmented_control(key="dataset_overlay_style").set_value("Fill").run()
+    assert not at.exception
+    first = at.selectbox(key="dataset_view").value
+    at.button(key="dataset_next").click().run()
+    assert not at.exception and at.selectbox(key="dataset_view").value != first
+    at.button(key="dataset_prev").click().run()
+    assert at.selectbox(key="dataset_view").value == first
+    at.toggle(key="dataset_overlay").set_value(False).run()
+    assert not at.exception
+
+    # Back to everything, small pages, jump to page 3.
+    at.multiselect(key="dataset_defects").set_value([]).run()
+    at.checkbox(key="dataset_only_mask").uncheck().run()
+    at.selectbox(key="dataset_page_size").set_value(24).run()
+    assert not at.exception and _thumbnail_count(at) == 24
+    at.get("pagination")[0].set_value(3).run()
+    assert not at.exception
+    assert "Images 49–72 of" in _texts(at)
+    at.multiselect(key="dataset_splits").set_value(["test"]).run()
+    assert not at.exception
+    assert "Images 1–24 of" in _texts(at), "new filters start again on page 1"
+    at.selectbox(key="dataset_page_size").set_value(300).run()
+    assert not at.exception and _thumbnail_count(at) == int(counts.loc[counts["split"] == "test", "count"].sum())
+
+
+def _png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture()
+def custom_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _workspace: Path) -> Path:
+    """An MVTec-layout root with a corrupt PNG, a stray text file and a defect image without a mask."""
+    root = tmp_path / "mydata"
+    cat = root / "widget"
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _png(cat / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    _png(cat / "train" / "good" / "wide.png", rng.integers(0, 255, (300, 1200), dtype=np.uint8))  # gray, > display cap
+    for i in range(2):
+        _png(cat / "test" / "good" / f"{i:03d}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:20, 10:20] = 255
+    for i in range(3):
+        _png(cat / "test" / "dent" / f"{i:03d}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        if i < 2:  # 002.png has no mask
+            _png(cat / "ground_truth" / "dent" / f"{i:03d}_mask.png", mask)
+    (cat / "test" / "dent" / "003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated garbage")
+    (cat / "test" / "dent" / "readme.txt").write_text("not an image")
+    monkeypatch.setenv("ANOMALYLAB_DATA", str(root))
+    monkeypatch.setenv("ANOMALYLAB_ALLOWED_ROOTS", f"{root.resolve()}:{_workspace}")
+    st.cache_data.clear()  # the sidebar's dataset list is cached; it must see the new data root
+    yield root.resolve()
+    st.cache_data.clear()
+
+
+def test_dataset_page_lists_skipped_and_corrupt_files(custom_tree: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[ui.KEY_SOURCE] = str(custom_tree)
+    _dataset_page(at)
+    assert str(custom_tree) in at.caption[0].value and "widget" in at.caption[0].value
+    # The index skips the text file; the grid reports the undecodable PNG of the current page.
+    tables = [df.value for df in at.dataframe if "file" in df.value.columns]
+    assert any("test/dent/readme.txt" in set(t["file"]) for t in tables)
+    assert any("test/dent/003.png" in set(t["file"]) for t in tables)
+    assert any("cannot be decoded" in w.value for w in at.warning)
+    assert any("(unreadable)" in c for img in at.get("image") for c in img.captions)
+
+    # A defect image without a mask says so.
+    labels = list(at.selectbox(key="dataset_view").options)  # "defect · name · split"
+    at.selectbox(key="dataset_view").select_index(labels.index("dent · 002.png · test")).run()
+    assert not at.exception
+    assert "no pixel ground truth" in _texts(at).lower()
+    # The corrupt image in the full view is a warning, not a traceback.
+    at.selectbox(key="dataset_view").select_index(labels.index("dent · 003.png · test")).run()
+    assert not at.exception and any("cannot be shown" in w.value for w in at.warning)
+    # A large image is shown downscaled, with its real size in the details.
+    at.selectbox(key="dataset_view").select_index(labels.index("good · wide.png · train")).run()
+    assert not at.exception and "1200 × 300 px, gray (shown at 1024 × 256)" in _texts(at)
+
+    # "Check all files" decodes everything in the background and lists the failure with its reason.
+    at.button(key="dataset_check_all").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 60
+    while "Do not decode" not in _texts(at) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+    assert not at.exception
+    text = _texts(at)
+    assert "Do not decode" in text and "1 of 13 checked files" in text
+    failed = next(df.value for df in at.dataframe if "file" in df.value.columns and "test/dent/003.png" in set(df.value["file"]))
+    assert "003.png" in failed.loc[failed["file"] == "test/dent/003.png", "reason"].iloc[0]
+    assert any("1 skipped file, 1 unreadable" in e.label for e in at.expander)
+    at.button(key="dataset_check_again").click().run()
+    assert not at.exception
+
+
+def test_dataset_page_on_builtin_digits() -> None:
+    """Tiny gray images and no masks at all: the page still renders every part."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[ui.KEY_SOURCE] = "builtin:digits"
+    _dataset_page(at)
+    assert _thumbnail_count(at) == 48
+    at.checkbox(key="dataset_only_mask").check().run()
+    assert not at.exception and len(at.get("image")) == 0, "no thumbnail and no full view"
+    assert any("No image matches" in i.value for i in at.info)
+    at.checkbox(key="dataset_only_mask").uncheck().run()
+    at.multiselect(key="dataset_defects").set_value(["digit_1"]).run()
+    assert not at.exception and "no pixel ground truth" in _texts(at).lower()

@@ -1,0 +1,70 @@
+"""Home: what AnomalyLab does, the state of data and models, a quick start."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.train import TrainConfig
+from views import jobs_view, ui
+
+# Small enough to train in well under a minute on a 2-core CPU, good enough to show real heatmaps.
+DEMO_CONFIG = TrainConfig(data="builtin:synthetic", category="bottle", model="ae", size=64, base_channels=8, depth=5,
+                          epochs=12, patience=12, batch_size=16, lr=2e-3)
+
+
+def draw_intro() -> None:
+    st.title("AnomalyLab")
+    st.markdown(
+        "A workbench for **unsupervised visual anomaly detection**. Models learn what *normal* looks like "
+        "from good images only; for a new image they show **where** it departs from normal (an anomaly "
+        "map) and **how much** (a score). Use it to demo models, inspect defects and choose an operating threshold."
+    )
+
+
+def draw_state(sel: ui.Selection) -> None:
+    index = ui.require_dataset(sel)
+    runs = ui.run_summaries()
+    c1, c2, c3, c4 = st.columns(4)
+    if index is not None:
+        counts = index.counts()
+        c1.metric("Dataset", sel.category, help=f"{sel.data}")
+        c2.metric("Training images (good)", sum(counts.get("train", {}).values()))
+        test = counts.get("test", {})
+        c3.metric("Test images", sum(test.values()), help=", ".join(f"{k}: {v}" for k, v in sorted(test.items())))
+    c4.metric("Trained runs", len(runs))
+
+
+def draw_quick_start(sel: ui.Selection) -> None:
+    st.subheader("Quick start")
+    has_runs = bool(ui.run_summaries())
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown(
+            "1. Pick data in the sidebar: built-in **synthetic** defects, real handwritten **digits**, or your own folder.\n"
+            "2. **Train** an autoencoder or VAE on the good images.\n"
+            "3. See **Results**: anomaly heatmaps, image and pixel AUROC; **Try your image**.\n"
+        )
+    with right:
+        st.markdown("**No model yet? Train the demo model** — a small autoencoder on the built-in synthetic bottles, "
+                    "about half a minute on a laptop CPU.")
+        running = any(s.state.get("config", {}).get("data") == DEMO_CONFIG.data for s in ui.job_registry().running("train"))
+        if st.button("Train the demo model", type="secondary" if has_runs else "primary", icon=":material/rocket_launch:",
+                     disabled=running):
+            jobs_view.start_training(DEMO_CONFIG, "Demo: AE on synthetic bottles at 64px")
+    jobs_view.live_jobs(only_session=True)
+
+
+def draw_pages() -> None:
+    st.subheader("Pages")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:", help="Counts, thumbnails, masks, skipped files")
+    c2.page_link("views/train.py", label="Train", icon=":material/model_training:", help="Background training with live curves")
+    c3.page_link("views/results.py", label="Results", icon=":material/insights:", help="Heatmaps sorted by score, AUROC, AUPRO")
+    c4.page_link("views/try_image.py", label="Try your image", icon=":material/upload:", help="Score an uploaded image")
+
+
+draw_intro()
+selection = ui.selection()
+draw_state(selection)
+draw_quick_start(selection)
+draw_pages()

@@ -1,0 +1,115 @@
+"""Live view of training jobs, shared by the Home and Train pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.images import to_uint8_hwc
+from core.jobs import JobSnapshot
+from core.train import TrainConfig
+from core.tasks import training_task
+from core.viz import strip
+from views import ui
+
+KEY_SEEN_RUNNING = "train_jobs_seen_running"
+
+
+def start_training(cfg: TrainConfig, title: str) -> str:
+    """Start a training job in the process-wide registry; remember it for this session."""
+    job = ui.job_registry().start("train", title, training_task(cfg), config=cfg.__dict__)
+    st.session_state[ui.KEY_TRAIN_JOB] = job.id
+    return job.id
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or s != s:
+        return "…"
+    s = int(round(s))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def loss_figure(history: list[dict]) -> go.Figure:
+    """Train and validation loss per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig = go.Figure()
+    fig.add_scatter(x=epochs, y=[h["train_loss"] for h in history], name="train", mode="lines+markers")
+    fig.add_scatter(x=epochs, y=[h["val_loss"] for h in history], name="validation", mode="lines+markers")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch", yaxis_title="loss",
+                      yaxis_type="log", legend=dict(orientation="h", y=1.15), title=None)
+    if len(epochs) <= 12:
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
+def preview_strip(preview: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Inputs on the top row, their reconstructions below."""
+    top = strip([to_uint8_hwc(a) for a, _ in preview])
+    bottom = strip([to_uint8_hwc(b) for _, b in preview])
+    return np.concatenate([top, np.full((2, top.shape[1], 3), 255, np.uint8), bottom], axis=0)
+
+
+def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
+    """One job: status, progress with ETA, loss curves, sample reconstructions, stop button."""
+    s = snap.state
+    epoch, epochs = int(s.get("epoch", 0) or 0), int(s.get("epochs", 0) or 0)
+    with st.container(border=True):
+        head, action = st.columns([5, 1])
+        head.markdown(f"**{snap.title}** · `{snap.id}`")
+        if snap.running:
+            if show_stop and action.button("Stop", key=f"stop-{snap.id}", icon=":material/stop_circle:",
+                                           help="Stop after the current batch; the best checkpoint so far is kept."):
+                job = ui.job_registry().get(snap.id)
+                if job:
+                    job.request_stop()
+            batches = int(s.get("batches", 0) or 0)
+            frac_epoch = (int(s.get("batch", 0) or 0) / batches) if batches and s.get("epoch_running", 0) > epoch else 0.0
+            frac = min(1.0, (epoch + frac_epoch) / epochs) if epochs else 0.0
+            phase = s.get("phase", "starting")
+            text = f"{phase} · epoch {epoch}/{epochs} · elapsed {_fmt_seconds(snap.seconds)} · ETA {_fmt_seconds(s.get('eta_seconds'))}"
+            st.progress(frac, text=text)
+        elif snap.status == "failed":
+            st.error(f"Training failed: {snap.error}")
+        else:
+            result = snap.result or {}
+            m = result.get("metrics") or {}
+            verdict = "stopped" if snap.status == "stopped" else "finished"
+            st.success(f"Training {verdict} after {epoch} epoch(s) in {_fmt_seconds(snap.seconds)} · "
+                       f"image AUROC {ui.fmt_metric(m.get('image_auroc'))} · pixel AUROC {ui.fmt_metric(m.get('pixel_auroc'))}")
+        history = s.get("history") or []
+        if history:
+            left, right = st.columns([3, 2])
+            left.plotly_chart(loss_figure(history), key=f"loss-{snap.id}-{len(history)}-{snap.status}", config={"displayModeBar": False})
+            if s.get("preview"):
+                right.image(preview_strip(s["preview"]), caption="validation images (top) and reconstructions (bottom)",
+                            width="stretch", output_format="PNG")
+
+
+def live_jobs(*, only_session: bool = False) -> None:
+    """Show running and this session's training jobs; refresh twice a second while any runs."""
+    registry = ui.job_registry()
+    any_running = bool(registry.running("train"))
+
+    @st.fragment(run_every=0.5 if any_running else None)
+    def _view() -> None:
+        mine = st.session_state.get(ui.KEY_TRAIN_JOB)
+        snaps = [s for s in registry.snapshots("train") if s.running or s.id == mine]
+        if only_session:
+            snaps = [s for s in snaps if s.id == mine]
+        seen = st.session_state.setdefault(KEY_SEEN_RUNNING, set())
+        ended = [s.id for s in snaps if not s.running and s.id in seen]
+        for snap in snaps:
+            draw_job(snap)
+            if snap.running:
+                seen.add(snap.id)
+        if ended:  # a job finished: select its run in the sidebar and refresh the whole page once
+            seen.difference_update(ended)
+            own = next((s for s in snaps if s.id == mine and s.id in ended and s.state.get("run_dir")), None)
+            if own is not None:
+                st.session_state[ui.PERSIST_PREFIX + ui.KEY_RUN] = Path(own.state["run_dir"]).name
+            st.rerun(scope="app")
+
+    _view()

@@ -1,0 +1,108 @@
+"""Train: pick settings, start a background training job, watch it live, manage finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.device import available_devices
+from core.runs import RunError, delete_run
+from core.train import TrainConfig
+from views import jobs_view, ui
+
+KEY_CONFIRM_DELETE = "train_confirm_delete"
+KEY_DELETE_ERROR = "train_delete_error"
+SIZES = (32, 64, 128, 256)
+
+
+def settings_ui(sel: ui.Selection) -> TrainConfig | None:
+    """The training form; returns a config when Start was pressed with valid settings."""
+    digits = sel.data == "builtin:digits"
+    with st.form("train_form", border=True):
+        st.markdown(f"**Data:** `{sel.data}` · category **{sel.category}** (change it in the sidebar)")
+        c1, c2, c3, c4 = st.columns(4)
+        model = c1.radio("Model", ["ae", "vae"], index=1 if digits else 0, key="train_model",
+                         format_func=lambda m: {"ae": "Autoencoder (AE)", "vae": "Variational AE (VAE)"}[m])
+        size = c2.selectbox("Image size (px)", SIZES, index=0 if digits else 2, key="train_size")
+        epochs = c3.number_input("Epochs (max)", 1, 5000, 30 if digits else 100, key="train_epochs")
+        patience = c4.number_input("Early-stopping patience", 1, 1000, 20, key="train_patience",
+                                   help="Stop after this many epochs without a better validation loss.")
+        c1, c2, c3, c4 = st.columns(4)
+        batch = c1.selectbox("Batch size", (8, 16, 32, 64, 128), index=2, key="train_batch")
+        lr = c2.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", step=1e-4, key="train_lr")
+        z_dim = c3.number_input("Latent size (VAE)", 1, 1024, 2 if digits else 128, key="train_z_dim",
+                                help="2 gives the latent-plane views on the Results page.")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+        c1, c2, c3, c4 = st.columns(4)
+        devices = available_devices()
+        device = c1.selectbox("Device", ["auto", *devices], key="train_device",
+                              format_func=lambda d: f"auto ({devices[0]})" if d == "auto" else d)
+        precision = c2.selectbox("Precision", ("auto", "fp32", "bf16", "fp16"), key="train_precision",
+                                 help="auto: fp16/bf16 mixed precision on a GPU, bf16 on CPUs with native bf16, else fp32.")
+        minutes = c3.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key="train_minutes")
+        augment = c4.toggle("Augment (crops, flips)", value=False, key="train_augment")
+        start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+    if not start:
+        return None
+    cfg = TrainConfig(data=sel.data, category=sel.category, model=model, size=int(size), epochs=int(epochs),
+                      patience=int(patience), batch_size=int(batch), lr=float(lr), z_dim=int(z_dim), seed=int(seed),
+                      device=device, precision=precision, max_minutes=float(minutes), augment=augment,
+                      crop_scale=1.15 if augment else 1.0)
+    try:
+        cfg.validate()
+        if model == "ae":
+            from core.models import AEConfig
+
+            AEConfig(depth=cfg.depth).validate(cfg.size)
+    except ValueError as exc:
+        st.error(f"These settings cannot train: {exc}")
+        return None
+    return cfg
+
+
+def draw_runs() -> None:
+    """Finished runs with their metrics; delete with confirmation."""
+    runs = ui.run_summaries()
+    st.subheader("Runs")
+    if not runs:
+        st.caption("No runs yet.")
+        return
+    rows = [{
+        "run": r["id"], "model": r["config"]["model"].upper(), "data": r["config"]["data"], "category": r["config"]["category"],
+        "size": r["config"]["size"], "status": r["status"], "image AUROC": r["metrics"].get("image_auroc"),
+        "pixel AUROC": r["metrics"].get("pixel_auroc"), "AUPRO": r["metrics"].get("aupro"),
+    } for r in runs]
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("image AUROC", "pixel AUROC", "AUPRO")})
+    with st.expander("Delete a run"):
+        target = st.selectbox("Run to delete", [r["id"] for r in runs], key="train_delete_target")
+        confirm = st.checkbox("Yes, delete this run and its files", key=KEY_CONFIRM_DELETE)
+        path = next(Path(r["path"]) for r in runs if r["id"] == target)
+        st.button("Delete", disabled=not confirm, icon=":material/delete:", on_click=_delete, args=(path,))
+        if st.session_state.get(KEY_DELETE_ERROR):
+            st.error(st.session_state.pop(KEY_DELETE_ERROR))
+
+
+def _delete(path: Path) -> None:
+    """Button callback: delete a run unless it is training; reset the confirmation."""
+    st.session_state[KEY_CONFIRM_DELETE] = False
+    if str(path) in {s.state.get("run_dir") for s in ui.job_registry().running("train")}:
+        st.session_state[KEY_DELETE_ERROR] = "This run is still training: stop it first."
+        return
+    try:
+        delete_run(path)
+    except (RunError, OSError) as exc:
+        st.session_state[KEY_DELETE_ERROR] = f"Could not delete: {exc}"
+
+
+st.title("Train")
+st.caption("Models learn from the normal (good) training images only; 20% of them are held out for validation "
+           "and early stopping. Training runs in the background: switch pages or reload, it goes on.")
+selection = ui.selection()
+if ui.require_dataset(selection) is not None:
+    config = settings_ui(selection)
+    if config is not None:
+        jobs_view.start_training(config, f"{config.model.upper()} on {config.data} / {config.category} at {config.size}px")
+jobs_view.live_jobs()
+draw_runs()

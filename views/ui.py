@@ -1,0 +1,237 @@
+"""App-side helpers shared by the pages: session-state keys, the sidebar, cached core objects.
+
+Durable state (runs, metrics, later labels) lives on disk in the workspace; ``st.session_state``
+only holds the user's current choices under the key constants below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
+from core.data.index import DatasetError, DatasetIndex
+from core.jobs import JobRegistry
+from core.runs import CONFIG_FILE, METRICS_FILE, LoadedRun, RunError, list_runs, load_run, read_history
+from core.workspace import AccessError, check_allowed, default_allowed_roots
+
+# Session-state keys (the only ones the app uses).
+KEY_SOURCE = "sidebar_source"
+KEY_CUSTOM_PATH = "sidebar_custom_path"
+KEY_CATEGORY = "sidebar_category"
+KEY_RUN = "sidebar_run"
+KEY_TRAIN_JOB = "train_job_id"
+PERSIST_PREFIX = "_kept_"
+CUSTOM_SOURCE = "Custom folder…"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar selected: a dataset spec, a category and (optionally) a run folder."""
+
+    data: str | None
+    category: str | None
+    run_dir: Path | None
+    error: str | None = None
+
+
+def allowed_roots() -> list[Path]:
+    """Folders the server may read datasets from: ``allowed_roots`` in secrets, else core's defaults."""
+    try:
+        configured = st.secrets.get("allowed_roots")
+    except Exception:  # no secrets.toml: that is the normal case
+        configured = None
+    if configured:
+        return [Path(str(p)).expanduser().resolve() for p in configured]
+    return default_allowed_roots()
+
+
+def check_data_path(spec: str) -> str:
+    """Return a usable dataset spec or raise AccessError/DatasetError for a path outside the roots."""
+    if is_builtin(spec):
+        return spec
+    return str(check_allowed(spec, allowed_roots()))
+
+
+@st.cache_resource
+def job_registry() -> JobRegistry:
+    """One job registry per server process: jobs survive reruns, page switches and reloads."""
+    return JobRegistry()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def dataset_list() -> list[tuple[str, list[str]]]:
+    """Built-in datasets and MVTec roots found in the data folders."""
+    return all_datasets()
+
+
+@st.cache_resource(ttl=60, max_entries=16, show_spinner="Indexing the dataset…")
+def dataset_index(spec: str, category: str) -> DatasetIndex:
+    """The index of a dataset category (built-in data is generated on first use). Treat it as read-only:
+    it is shared, not copied (unpickling thousands of paths on every rerun was the page's largest cost)."""
+    return open_dataset(spec, category)
+
+
+def _runs_signature() -> tuple:
+    """Cheap fingerprint of every run folder's state files: cached summaries refresh when it changes."""
+    sig = []
+    for run_dir in list_runs():
+        for name in (CONFIG_FILE, METRICS_FILE, "history.json", "model.pt"):
+            try:
+                sig.append((run_dir.name, name, (run_dir / name).stat().st_mtime_ns))
+            except OSError:
+                sig.append((run_dir.name, name, 0))
+    return tuple(sig)
+
+
+def run_summaries() -> list[dict]:
+    """One dict per run folder: id, path, config, status, metrics, has_model (newest first)."""
+    return _run_summaries(_runs_signature())
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _run_summaries(signature: tuple) -> list[dict]:
+    out = []
+    for run_dir in list_runs():
+        try:
+            cfg = json.loads((run_dir / CONFIG_FILE).read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        metrics_path = run_dir / METRICS_FILE
+        try:
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        except (OSError, ValueError):
+            metrics = {}
+        out.append({"id": run_dir.name, "path": str(run_dir), "config": cfg, "status": read_history(run_dir).get("status"),
+                    "metrics": metrics, "has_model": (run_dir / "model.pt").exists()})
+    return out
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model…")
+def _loaded_run(run_dir: str, mtime_ns: int) -> LoadedRun:
+    return load_run(run_dir)
+
+
+def loaded_run(run_dir: Path | str) -> LoadedRun:
+    """A run's frozen model on the CPU, cached until its checkpoint changes."""
+    path = Path(run_dir) / "model.pt"
+    return _loaded_run(str(run_dir), path.stat().st_mtime_ns if path.exists() else 0)
+
+
+def _source_options() -> list[str]:
+    return [spec for spec, _ in dataset_list()] + [CUSTOM_SOURCE]
+
+
+def _label(spec: str) -> str:
+    if spec == CUSTOM_SOURCE or is_builtin(spec):
+        return spec
+    return f"{Path(spec).name} ({spec})"
+
+
+def _restore(widget_key: str) -> None:
+    # Widgets belong to the page that draws them: on a page switch Streamlit would reset the sidebar.
+    # The user's choice lives under a plain key (written by on_change) and is put back before drawing.
+    if PERSIST_PREFIX + widget_key in st.session_state:
+        st.session_state[widget_key] = st.session_state[PERSIST_PREFIX + widget_key]
+
+
+def _remember(widget_key: str) -> None:
+    st.session_state[PERSIST_PREFIX + widget_key] = st.session_state.get(widget_key)
+
+
+def sidebar() -> Selection:
+    """Draw the data source, category and run pickers; return the selection.
+
+    Every page calls this once, first (via :func:`selection`).
+    """
+    for key in (KEY_SOURCE, KEY_CUSTOM_PATH, KEY_CATEGORY, KEY_RUN):
+        _restore(key)
+    return _sidebar()
+
+
+def _sidebar() -> Selection:
+    with st.sidebar:
+        st.markdown("### Data")
+        options = _source_options()
+        if st.session_state.get(KEY_SOURCE) not in options:
+            st.session_state[KEY_SOURCE] = options[0]
+        source = st.selectbox("Data source", options, key=KEY_SOURCE, format_func=_label, on_change=_remember, args=(KEY_SOURCE,),
+                              help="Built-in data needs no download. Folders must be in the MVTec AD layout or good/ + one folder per defect.")
+        spec = source
+        if source == CUSTOM_SOURCE:
+            path = st.text_input("Folder path", key=KEY_CUSTOM_PATH, on_change=_remember, args=(KEY_CUSTOM_PATH,), placeholder="/data/mvtec/bottle")
+            if not path.strip():
+                return Selection(None, None, None, "Enter a dataset folder path.")
+            try:
+                spec = check_data_path(path.strip())
+                cats = categories(spec)
+            except (AccessError, DatasetError, OSError) as exc:
+                st.error(str(exc))
+                return Selection(None, None, None, str(exc))
+        else:
+            cats = dict(dataset_list()).get(source) or categories(source)
+        if st.session_state.get(KEY_CATEGORY) not in cats:
+            st.session_state[KEY_CATEGORY] = cats[0]
+        category = st.selectbox("Category", cats, key=KEY_CATEGORY, on_change=_remember, args=(KEY_CATEGORY,))
+        st.markdown("### Model")
+        runs = [r for r in run_summaries() if r["has_model"] and _same_data(r["config"], spec, category)]
+        ids = [r["id"] for r in runs]
+        if not ids:
+            st.caption("No trained run for this data yet: train one on the Train page.")
+            return Selection(spec, category, None)
+        if st.session_state.get(KEY_RUN) not in ids:
+            st.session_state[KEY_RUN] = ids[0]
+        by_id = {r["id"]: r for r in runs}
+        run_id = st.selectbox("Run", ids, key=KEY_RUN, on_change=_remember, args=(KEY_RUN,), format_func=lambda i: _run_label(by_id[i]))
+        return Selection(spec, category, Path(by_id[run_id]["path"]))
+
+
+def _same_data(cfg: dict, spec: str, category: str) -> bool:
+    data = cfg.get("data", "")
+    same = data == spec or (not is_builtin(data) and not is_builtin(spec) and os.path.realpath(data) == os.path.realpath(spec))
+    return same and cfg.get("category") == category
+
+
+def _run_label(run: dict) -> str:
+    auroc = run["metrics"].get("image_auroc")
+    tail = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) else ""
+    return f"{run['config']['model'].upper()} · {run['id']}{tail}"
+
+
+def selection() -> Selection:
+    """Draw the shared sidebar and return its selection. Call once per page run, at the top."""
+    return sidebar()
+
+
+def require_dataset(sel: Selection) -> DatasetIndex | None:
+    """The selected dataset's index, or None after showing why there is none."""
+    if sel.data is None:
+        st.info(sel.error or "Pick a dataset in the sidebar.")
+        return None
+    try:
+        return dataset_index(sel.data, sel.category)
+    except (DatasetError, OSError) as exc:
+        st.error(f"This dataset cannot be used: {exc}")
+        return None
+
+
+def require_run(sel: Selection) -> LoadedRun | None:
+    """The selected run's model, or None after saying why there is none."""
+    if sel.run_dir is None:
+        st.info("No trained model for this dataset yet. Train one on the **Train** page.")
+        st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        return None
+    try:
+        return loaded_run(sel.run_dir)
+    except (RunError, OSError) as exc:
+        st.error(f"This run cannot be loaded: {exc}")
+        return None
+
+
+def fmt_metric(value: object) -> str:
+    """A metric for display: three decimals, or an em dash when missing."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "—"
