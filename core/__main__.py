@@ -99,11 +99,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project(args: argparse.Namespace) -> int:
+    from core.projection import ProjectionConfig, evaluate_projection
+
+    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map)
+    m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
+                            batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"{m['n_images']} image(s), {cfg.steps} steps, alpha {cfg.alpha}, lambda {cfg.lam}: {m['seconds']:.1f} s"
+              + (f", {m['n_diverged']} diverged" if m["n_diverged"] else ""))
+        print(f"energy: {_fmt(m['energy'][0])} -> {_fmt(m['energy'][-1])}")
+        for key in ("pixel_auroc", "aupro", "image_auroc"):
+            print(f"{key:>12}: projection {_fmt(m[key])}   reconstruction {_fmt(m[key + '_reconstruction'])}")
+        if m.get("gif"):
+            print(f"GIF ({m['gif_frames']} frames): {m['gif']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
     result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=args.epochs,
-                       batch_size=args.batch_size, quality_epochs=args.quality_epochs)
+                       batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
@@ -150,15 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-strips", action="store_true", help="do not write heatmap strips")
     e.set_defaults(func=cmd_evaluate)
 
+    from core.projection import ProjectionConfig
+
+    pdef = ProjectionConfig()
+    pr = sub.add_parser("project", help="iterative energy-based projection of test images (Dehaene et al. 2020)")
+    pr.add_argument("run_dir")
+    pr.add_argument("--steps", type=int, default=pdef.steps)
+    pr.add_argument("--alpha", type=float, default=pdef.alpha, help="step size")
+    pr.add_argument("--lambda", dest="lam", type=float, default=pdef.lam, help="weight of ||x - x0||_1 in the energy")
+    pr.add_argument("--map", choices=["projection", "combined"], default=pdef.map_mode,
+                    help="anomaly map: |x_T - x0|, or that plus the reconstruction error at x_T")
+    pr.add_argument("--images", nargs="+", help="test image paths (absolute or relative to the category folder) or defect types")
+    pr.add_argument("--limit", type=int, help="at most this many images")
+    pr.add_argument("--gif", help="write an animated GIF (one frame per step; step 0 is the input)")
+    pr.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.set_defaults(func=cmd_project)
+
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
-    b.add_argument("what", choices=["train"])
+    b.add_argument("what", choices=["train", "project"])
     b.add_argument("--data", default="builtin:synthetic")
     b.add_argument("--category")
     b.add_argument("--size", type=int, default=128)
     b.add_argument("--epochs", type=int, default=2, help="timed epochs per loop")
     b.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     b.add_argument("--quality-epochs", dest="quality_epochs", type=int, default=0,
-                   help="also train both loops this many epochs and compare image AUROC (0 = skip)")
+                   help="train: also train both loops this many epochs and compare image AUROC (0 = skip)")
+    b.add_argument("--steps", type=int, default=10, help="project: projection steps")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

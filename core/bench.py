@@ -122,6 +122,74 @@ def run(what: str, **kwargs: Any) -> dict[str, Any]:
     if what == "train":
         return bench_train(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs["epochs"],
                            kwargs["batch_size"], kwargs.get("quality_epochs", 0))
+    if what == "project":
+        return bench_project(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("steps") or 10, 16)
     raise ValueError(f"unknown benchmark {what!r}")
 
 
+
+
+def bench_project(data: str, category: str | None, size: int, steps: int, batch_size: int = 16) -> dict[str, Any]:
+    """Projection throughput: one batch of ``batch_size`` images vs. the same images one at a time,
+    and the cost of one projection step relative to one training step on the same batch.
+
+    The VAE is the default architecture at ``size`` (weights untrained: timing does not depend on them).
+    """
+    from core.models import ConvVAE, VAEConfig
+    from core.projection import ProjectionConfig, run_projection
+
+    index = open_dataset(data, category)
+    channels = detect_channels(index)
+    test = load_split(index, "test", size, channels)
+    x = test.float_images()[:batch_size]
+    if len(x) < batch_size:
+        raise ValueError(f"the test split has only {len(x)} images; need {batch_size}")
+    torch.manual_seed(0)
+    model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).eval()
+    cfg = ProjectionConfig(steps=steps)
+    run_projection(model, x[:2], ProjectionConfig(steps=1))  # warm-up
+
+    t0 = time.perf_counter()
+    run_projection(model, x, cfg)
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(batch_size):
+        run_projection(model, x[i : i + 1], cfg)
+    sequential = time.perf_counter() - t0
+
+    # One training step on the same batch, as core.train does it (channels_last, the same precision).
+    from core.device import autocast, resolve_precision
+
+    train_model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(train_model.parameters(), lr=1e-3)
+    precision = resolve_precision("auto", torch.device("cpu"))
+
+    def train_steps(n: int, prec: str) -> float:
+        xb = x.contiguous(memory_format=torch.channels_last)
+        t = time.perf_counter()
+        for _ in range(n):
+            with autocast(torch.device("cpu"), prec):
+                loss, _ = train_model.loss(xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t) / n
+
+    train_steps(1, "fp32")
+    n = max(3, min(steps, 10))
+    train_fp32 = train_steps(n, "fp32")
+    train_project = train_steps(n, precision)
+    step = batched / (steps + 1)  # steps + 1 energy/gradient evaluations (the last one has no update)
+    return {
+        "benchmark": "project",
+        "data": data, "category": index.category, "size": size, "channels": channels, "steps": steps,
+        "batch_size": batch_size,
+        "batched_seconds": batched, "sequential_seconds": sequential,
+        "speedup_batched": sequential / batched, "target_speedup_batched": 3.0,
+        "projection_step_seconds": step,
+        "train_step_seconds_fp32": train_fp32,
+        f"train_step_seconds_{precision}": train_project,
+        "step_cost_vs_train_step_fp32": step / train_fp32,
+        f"step_cost_vs_train_step_{precision}": step / train_project,
+        "target_step_cost": 1.5,
+    }

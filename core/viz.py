@@ -55,3 +55,27 @@ def strip(panels: list[np.ndarray], gap: int = 2) -> np.ndarray:
 def result_strip(x: np.ndarray, recon: np.ndarray, amap: np.ndarray, vmax: float | None = None) -> np.ndarray:
     """The article's figure: [input | reconstruction | heatmap] from float CHW arrays and a map."""
     return strip([to_uint8_hwc(x), to_uint8_hwc(recon), heatmap(amap, 0.0, vmax)])
+
+
+def annotate(img: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``img`` with a white caption bar on top (for GIF frames)."""
+    bar_h = max(14, img.shape[0] // 16)
+    bar = np.full((bar_h, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, bar_h - 4), cv2.FONT_HERSHEY_SIMPLEX, bar_h / 32.0, (20, 20, 20), 1, cv2.LINE_AA)
+    return np.concatenate([bar, img], axis=0)
+
+
+def gif_bytes(frames: list[np.ndarray], duration_ms: int = 200, last_hold_ms: int = 1200) -> bytes:
+    """Encode RGB uint8 frames as a looping animated GIF (one GIF frame per input frame)."""
+    import io
+
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to write")
+    images = [Image.fromarray(f) for f in frames]
+    durations = [duration_ms] * (len(images) - 1) + [last_hold_ms]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
+                   optimize=False, disposal=1)
+    return buf.getvalue()

@@ -1,0 +1,166 @@
+"""The projection update rule on hand-checkable models, energy decrease, divergence, detector contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.models.contract import AnomalyOutput
+from core.projection import ProjectionConfig, ProjectionDetector, project, run_projection
+
+
+class ConstantModel(torch.nn.Module):
+    """f(x) = m everywhere; L_rec = sum (x - f(x))^2. Then grad_x E = 2 (x - m) + lam * sign(x - x0)."""
+
+    def __init__(self, m: float) -> None:
+        super().__init__()
+        self.m = m
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, self.m)
+
+    def recon_energy(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return (x - recon).pow(2).flatten(1).sum(1)
+
+
+class ScaleModel(torch.nn.Module):
+    """f(x) = s * x: the gradient flows through f as well (d/dx (x - s x)^2 = 2 (1 - s)^2 x)."""
+
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s * x
+
+    def recon_energy(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return (x - recon).pow(2).flatten(1).sum(1)
+
+
+def _frames(model, x0, **kw):
+    return list(project(model, x0, ProjectionConfig(**kw)))
+
+
+def test_first_steps_match_the_hand_computed_rule() -> None:
+    m, alpha, lam = 0.2, 0.5, 0.1
+    x0 = torch.tensor([0.8]).view(1, 1, 1, 1)
+    frames = _frames(ConstantModel(m), x0, steps=2, alpha=alpha, lam=lam)
+    # step 1: at x0 the L1 term has zero (sub)gradient: x1 = x0 - a * 2 (x0 - m) * (x0 - m)^2
+    x1 = 0.8 - alpha * (2 * (0.8 - m)) * (0.8 - m) ** 2
+    # step 2: the gradient is taken at x1, and sign(x1 - x0) = -1 pulls back towards x0
+    x2 = x1 - alpha * (2 * (x1 - m) + lam * -1.0) * (x1 - m) ** 2
+    assert frames[1].x.item() == pytest.approx(x1, rel=1e-6)
+    assert frames[2].x.item() == pytest.approx(x2, rel=1e-6)
+    # taking the gradient at x0 instead (the common mistake) gives a different iterate
+    wrong = x1 - alpha * (2 * (0.8 - m)) * (x1 - m) ** 2
+    assert abs(frames[2].x.item() - wrong) > 1e-3
+
+
+def test_gradient_flows_through_the_model() -> None:
+    s, alpha = 0.5, 1.0
+    x0 = torch.tensor([0.6]).view(1, 1, 1, 1)
+    frames = _frames(ScaleModel(s), x0, steps=1, alpha=alpha, lam=0.0)
+    # E = (x - s x)^2: dE/dx = 2 (1 - s)^2 x (through f), mask = (x - s x)^2
+    expected = 0.6 - alpha * (2 * (1 - s) ** 2 * 0.6) * ((1 - s) * 0.6) ** 2
+    assert frames[1].x.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mask_factor_freezes_explained_pixels() -> None:
+    x0 = torch.tensor([[0.2, 0.9]]).view(1, 1, 1, 2)
+    last = run_projection(ConstantModel(0.2), x0, ProjectionConfig(steps=5, alpha=0.5, lam=0.0))
+    assert last.x[0, 0, 0, 0].item() == pytest.approx(0.2)  # f explains it: (x - f)^2 = 0, never moves
+    assert last.x[0, 0, 0, 1].item() < 0.9  # the "defect" moves towards f
+
+
+def test_lambda_keeps_the_projection_closer_to_the_input() -> None:
+    x0 = torch.rand(2, 1, 8, 8)
+    far = run_projection(ConstantModel(0.5), x0, ProjectionConfig(steps=10, alpha=1.0, lam=0.0))
+    near = run_projection(ConstantModel(0.5), x0, ProjectionConfig(steps=10, alpha=1.0, lam=0.5))
+    assert (near.x - x0).abs().sum() < (far.x - x0).abs().sum()
+
+
+def test_values_stay_in_range_and_frames_are_lazy() -> None:
+    x0 = torch.rand(3, 3, 8, 8)
+    gen = project(ConstantModel(-5.0), x0, ProjectionConfig(steps=4, alpha=10.0, lam=0.0))
+    first = next(gen)
+    assert first.step == 0 and torch.equal(first.x, x0)
+    rest = list(gen)
+    assert [f.step for f in rest] == [1, 2, 3, 4]
+    assert all(f.x.min() >= 0 and f.x.max() <= 1 for f in rest)
+
+
+def test_energy_decreases_on_a_trained_model(tmp_path) -> None:
+    from core.runs import load_run
+    from core.train import TrainConfig, fit
+
+    run = load_run(fit(TrainConfig(data="builtin:digits", model="vae", size=32, z_dim=8, epochs=3, device="cpu"), tmp_path / "v"))
+    x0 = torch.rand(4, 1, 32, 32) * 0.3
+    frames = _frames(run.model, x0, steps=10, alpha=0.5, lam=0.05)  # the shipped defaults
+    energies = [f.energy.mean().item() for f in frames]
+    assert energies[-1] < energies[0] - 1.0
+    assert sum(b > a for a, b in zip(energies, energies[1:])) <= 1  # (almost) monotone
+
+
+class ExplodingModel(ConstantModel):
+    """Reconstruction energy becomes NaN for one image once it has moved."""
+
+    def recon_energy(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        e = super().recon_energy(x, recon)
+        moved = x[1].mean() < 0.85
+        return torch.stack([e[0], e[1] * torch.where(moved, torch.tensor(float("nan")), torch.tensor(1.0))])
+
+
+def test_divergence_stops_that_image_and_keeps_its_last_finite_iterate() -> None:
+    x0 = torch.full((2, 1, 4, 4), 0.9)
+    frames = _frames(ExplodingModel(0.1), x0, steps=6, alpha=0.5, lam=0.0)
+    last = frames[-1]
+    assert last.diverged.tolist() == [False, True]
+    step = last.diverged_step[1]
+    assert step is not None and step >= 1 and last.diverged_step[0] is None
+    assert last.x[1].mean().item() >= 0.85  # frozen at the last iterate whose energy was finite
+    assert torch.isfinite(last.x).all() and frames[-1].step == 6  # the other image went on
+
+
+def test_detector_contract() -> None:
+    det = ProjectionDetector(ConstantModel(0.5), ProjectionConfig(steps=3))
+    out = det.predict(torch.rand(2, 3, 16, 16))
+    assert isinstance(out, AnomalyOutput)
+    assert out.score.shape == (2,) and out.anomaly_map.shape == (2, 16, 16) and out.reconstruction.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="map_mode"):
+        ProjectionConfig(map_mode="nope").validate()
+
+
+def test_cli_project_json_and_gif(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from core.train import TrainConfig, fit
+
+    run_dir = fit(TrainConfig(data="builtin:synthetic", category="mesh", model="vae", size=32, z_dim=8, epochs=1, device="cpu"),
+                  tmp_path / "vae")
+    gif = tmp_path / "p.gif"
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "core", "project", str(run_dir), "--steps", "4", "--limit", "20",
+                        "--images", "scratch", "good", "--gif", str(gif), "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert len(m["energy"]) == 5 and m["n_images"] == 20
+    for key in ("pixel_auroc", "pixel_auroc_reconstruction", "aupro", "aupro_reconstruction"):
+        assert isinstance(m[key], float), key
+    with Image.open(gif) as im:
+        assert im.n_frames == 5 == m["gif_frames"]  # step 0 (the input) and one frame per step
+    r = subprocess.run([sys.executable, "-m", "core", "project", str(run_dir), "--images", "teapot"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "neither a test image" in r.stderr
+
+
+def test_bench_project_reports_ratios() -> None:
+    from core.bench import bench_project
+
+    r = bench_project("builtin:synthetic", "bottle", 32, steps=1, batch_size=16)
+    assert r["batched_seconds"] > 0 and r["sequential_seconds"] > 0
+    assert {"speedup_batched", "step_cost_vs_train_step_fp32", "target_step_cost"} <= set(r)
