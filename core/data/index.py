@@ -215,8 +215,10 @@ def index_path(path: Path, category: str | None = None) -> DatasetIndex:
         if category not in cats:
             raise DatasetError(f"category {category!r} not found in {path}; available: {', '.join(cats)}")
         return index_mvtec(path / category)
-    if category is not None and (path / category).is_dir():
+    if category is not None and category != path.name and (path / category).is_dir():
         return index_path(path / category)
+    if category not in (None, path.name):
+        raise DatasetError(f"{path} is a single plain folder ({path.name!r}); category {category!r} is not there")
     return index_folder(path)
 
 

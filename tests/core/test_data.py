@@ -924,3 +924,17 @@ def test_open_dataset_path_spec(mvtec_root: Path, plain_folder: Path):
     assert categories(str(mvtec_root)) == ["bottle", "carpet"]
     assert categories(str(plain_folder)) == ["screws"]
     assert open_dataset(str(plain_folder), "screws").layout == "folder"
+
+
+def test_plain_folder_rejects_a_foreign_category(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from core.data.index import DatasetError, index_path
+
+    root = tmp_path / "parts"
+    (root / "good").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "good" / "a.png")
+    assert index_path(root, "parts").category == "parts"
+    with pytest.raises(DatasetError, match="single plain folder"):
+        index_path(root, "teapot")
