@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# .streamlit/config.toml hides error details from users; tests want to read them.
+os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_small"
 
 

@@ -1,21 +1,19 @@
 """Try your image: score uploaded images (or a test image) with the selected run.
 
-The page logic that needs no Streamlit (decode, convert, predict, compare with the test set) is in
-plain functions (:func:`analyze_upload`, :func:`analyze_image`, :func:`position`) so tests call them
-directly; the drawing code runs only when Streamlit executes the page.
+Decoding, conversion, prediction and the comparison with the test set live in ``core.predict``;
+this module only draws.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from core.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels, to_float_chw, to_uint8_hwc
+from core.images import IMAGE_SUFFIXES, to_float_chw, to_uint8_hwc
+from core.predict import Analysis, analyze_image, analyze_upload, position
 from core.runs import LoadedRun
 from core.viz import heatmap, overlay, strip
 from views import ui
@@ -24,72 +22,6 @@ from views.results import DEFECT_COLOR, GOOD_COLOR, checkpoint_mtime, defect_bad
 KEY_UPLOADS = "try_uploads"
 KEY_EXAMPLE = "try_example"
 UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
-
-
-@dataclass
-class Analysis:
-    """What the run says about one image, or why the image could not be used (``error``)."""
-
-    name: str
-    error: str | None = None
-    source_shape: tuple[int, ...] | None = None  # decoded image before conversion, (H, W) or (H, W, C)
-    image: np.ndarray | None = None  # uint8 (H, W, C) at the run's size and channels
-    score: float | None = None
-    amap: np.ndarray | None = None  # float32 (H, W)
-    recon: np.ndarray | None = None  # float32 (C, H, W) in [0, 1], None for non-reconstructing detectors
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a score falls among the test set's scores."""
-
-    good_percentile: float | None  # % of good test images scoring lower (ties count half)
-    defect_percentile: float | None  # % of defective test images scoring lower
-    threshold: float | None  # the run's F1-max threshold on the test set
-    flagged: bool | None  # score >= threshold
-
-
-def analyze_image(run: LoadedRun, name: str, img: np.ndarray) -> Analysis:
-    """Convert a decoded uint8 image to the run's channels and size, and score it."""
-    cfg = run.config
-    try:
-        x = to_channels(resize(to_channels(img, cfg.channels), cfg.size), cfg.channels)
-        out = run.detector().predict(torch.from_numpy(to_float_chw(x))[None])
-    except Exception as exc:  # an odd image must never crash the page: say what happened instead
-        return Analysis(name, error=f"{name}: could not be analysed ({type(exc).__name__}: {str(exc)[:200]})")
-    recon = out.reconstruction
-    return Analysis(
-        name,
-        source_shape=tuple(img.shape),
-        image=x,
-        score=float(out.score[0]),
-        amap=out.anomaly_map[0].float().numpy(),
-        recon=None if recon is None else recon[0].float().clamp(0, 1).numpy(),
-    )
-
-
-def analyze_upload(run: LoadedRun, name: str, data: bytes) -> Analysis:
-    """Decode uploaded bytes and score them; a bad file gives an Analysis with ``error`` set."""
-    try:
-        img = read_image(data, name=name)
-    except ImageError as exc:
-        return Analysis(name, error=str(exc))
-    except Exception as exc:  # decoders raise more than ImageError for hostile input (e.g. MemoryError)
-        return Analysis(name, error=f"{name}: not a usable image ({type(exc).__name__})")
-    return analyze_image(run, name, img)
-
-
-def position(score: float, scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> Position:
-    """Percentile of ``score`` among good and among defective test scores, and the threshold verdict."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-
-    def pct(values: np.ndarray) -> float | None:
-        if values.size == 0:
-            return None
-        return float((np.sum(values < score) + 0.5 * np.sum(values == score)) / values.size * 100.0)
-
-    flagged = None if threshold is None else bool(score >= threshold)
-    return Position(pct(scores[labels == 0]), pct(scores[labels == 1]), threshold, flagged)
 
 
 # --------------------------------------------------------------------------- drawing

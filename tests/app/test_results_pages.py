@@ -18,6 +18,7 @@ from core.data.synthetic import CATEGORIES
 from core.evaluate import evaluate_run
 from core.runs import list_runs, load_run
 from core.train import TrainConfig, fit
+from core import predict
 from views import results, try_image, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -129,35 +130,35 @@ def test_results_and_try_pages_without_a_run_show_guidance(ae_run: Path) -> None
 # --------------------------------------------------------------------------- Try your image
 def test_analyze_upload_reports_bad_files_and_scores_good_ones(ae_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = load_run(ae_run)
-    bad = try_image.analyze_upload(run, "notes.png", b"this is not an image")
+    bad = predict.analyze_upload(run, "notes.png", b"this is not an image")
     assert bad.error and "notes.png" in bad.error and "not a readable image" in bad.error and bad.score is None
-    empty = try_image.analyze_upload(run, "empty.png", b"")
+    empty = predict.analyze_upload(run, "empty.png", b"")
     assert empty.error and "empty.png" in empty.error and "empty" in empty.error
     rng = np.random.default_rng(0)
     photo = _png(rng.integers(0, 255, (80, 60, 3), dtype=np.uint8))
-    cut = try_image.analyze_upload(run, "cut.png", photo[: len(photo) // 2])
+    cut = predict.analyze_upload(run, "cut.png", photo[: len(photo) // 2])
     assert cut.error and "cut.png" in cut.error
 
-    rgba = try_image.analyze_upload(run, "logo.png", _png(rng.integers(0, 255, (40, 50, 4), dtype=np.uint8)))
+    rgba = predict.analyze_upload(run, "logo.png", _png(rng.integers(0, 255, (40, 50, 4), dtype=np.uint8)))
     assert rgba.error is None and np.isfinite(rgba.score)
     assert rgba.image.shape == (32, 32, 3) and rgba.amap.shape == (32, 32) and rgba.recon.shape == (3, 32, 32)
     assert rgba.source_shape == (40, 50, 3)
-    deep = try_image.analyze_upload(run, "scan.png", _png(rng.integers(0, 65535, (64, 64), dtype=np.uint16)))
+    deep = predict.analyze_upload(run, "scan.png", _png(rng.integers(0, 65535, (64, 64), dtype=np.uint16)))
     assert deep.error is None and deep.image.shape == (32, 32, 3)
 
     monkeypatch.setattr("core.images.MAX_PIXELS", 100)
-    big = try_image.analyze_upload(run, "huge.png", photo)
+    big = predict.analyze_upload(run, "huge.png", photo)
     assert big.error and "huge.png" in big.error and "larger than the limit" in big.error
 
 
 def test_position_among_test_scores() -> None:
     scores = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 20.0])
     labels = np.array([0, 0, 0, 0, 1, 1])
-    pos = try_image.position(3.5, scores, labels, threshold=10.0)
+    pos = predict.position(3.5, scores, labels, threshold=10.0)
     assert pos.good_percentile == 75.0 and pos.defect_percentile == 0.0 and pos.flagged is False
-    pos = try_image.position(20.0, scores, labels, threshold=10.0)
+    pos = predict.position(20.0, scores, labels, threshold=10.0)
     assert pos.good_percentile == 100.0 and pos.defect_percentile == 75.0 and pos.flagged is True
-    pos = try_image.position(2.0, scores[:4], labels[:4], threshold=None)
+    pos = predict.position(2.0, scores[:4], labels[:4], threshold=None)
     assert pos.good_percentile == 37.5 and pos.defect_percentile is None and pos.flagged is None
 
 
