@@ -69,7 +69,10 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             frac_epoch = (int(s.get("batch", 0) or 0) / batches) if batches and s.get("epoch_running", 0) > epoch else 0.0
             frac = min(1.0, (epoch + frac_epoch) / epochs) if epochs else 0.0
             phase = s.get("phase", "starting")
-            text = f"{phase} · epoch {epoch}/{epochs} · elapsed {_fmt_seconds(snap.seconds)} · ETA {_fmt_seconds(s.get('eta_seconds'))}"
+            if epochs:
+                text = f"{phase} · epoch {epoch}/{epochs} · elapsed {_fmt_seconds(snap.seconds)} · ETA {_fmt_seconds(s.get('eta_seconds'))}"
+            else:
+                text = f"{phase}… · elapsed {_fmt_seconds(snap.seconds)}"
             st.progress(frac, text=text)
         elif snap.status == "failed":
             st.error(f"Training failed: {snap.error}")
