@@ -30,11 +30,19 @@ MAP_MODES = ("projection", "combined")
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """Settings of the projection. Defaults: see README (chosen by measured pixel AUROC)."""
+    """Settings of the projection.
+
+    Defaults chosen by measurement (``python -m core project RUN --json`` over a grid of settings on the
+    shared MVTec bottle, VAE at 128 px, all 83 test images): alpha 0.1, lambda 0.3, 25 steps gave the
+    best pixel AUROC (0.889 vs 0.851 for the plain reconstruction error) and AUPRO (0.675 vs 0.595).
+    The article's alpha 0.05 / lambda 1 / 15 steps reached pixel AUROC 0.872 but AUPRO 0.391 (lambda
+    that large keeps most of the defect in place); alpha 0.5 / lambda 0.05 gave 0.865 / 0.625 and got
+    worse with more steps (0.835 / 0.561 at 50).
+    """
 
     steps: int = 25
-    alpha: float = 0.5
-    lam: float = 0.05
+    alpha: float = 0.1
+    lam: float = 0.3
     map_mode: str = "projection"
     divergence_factor: float = 1e3  # energy above factor * initial energy counts as diverged
 
