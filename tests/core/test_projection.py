@@ -168,3 +168,14 @@ def test_bench_project_reports_ratios() -> None:
     r = bench_project("builtin:synthetic", "bottle", 32, steps=1, batch_size=16)
     assert r["batched_seconds"] > 0 and r["sequential_seconds"] > 0
     assert {"speedup_batched", "step_cost_vs_train_step_fp32", "target_step_cost"} <= set(r)
+
+
+def test_projection_works_with_the_autoencoder_too() -> None:
+    from core.models import AEConfig, ConvAutoencoder
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder(AEConfig(in_channels=1, base_channels=4, depth=3)).eval()
+    x0 = torch.rand(2, 1, 16, 16)
+    frames = list(project(model, x0, ProjectionConfig(steps=3)))
+    assert len(frames) == 4 and not frames[-1].diverged.any()
+    assert frames[-1].energy.mean() < frames[0].energy.mean()
