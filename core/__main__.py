@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {datasets,train,evaluate,bench} ...``.
+"""Command line: ``python -m core {datasets,train,evaluate,project,anounet,bench} ...``.
 
 Exit code 0 on success; 2 with a one-line reason on stderr for bad input; 130 when interrupted.
 """
@@ -76,17 +76,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run: {run_dir}")
     print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
     if not args.no_eval:
-        from core.evaluate import evaluate_run
+        from core.fnet import evaluate_any  # the f-Net has its own evaluation (distance to C)
 
-        m = evaluate_run(run_dir, device=cfg.device)
+        m = evaluate_any(run_dir, device=cfg.device)
         print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.evaluate import evaluate_run
+    from core.fnet import evaluate_any
 
-    m = evaluate_run(args.run_dir, device=args.device, strips=not args.no_strips)
+    m = evaluate_any(args.run_dir, device=args.device, strips=not args.no_strips)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
     else:
@@ -118,11 +118,63 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anounet(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.anounet import AnoUnetConfig, evaluate_anounet
+
+    cfg = AnoUnetConfig(beta=args.beta, epochs=args.epochs, batch=args.batch, lr=args.lr, early_stop=not args.no_early_stop,
+                        guard=not args.no_guard, min_epochs=args.min_epochs, window=args.window,
+                        base_channels=args.base_channels, levels=args.levels, residual=args.residual,
+                        precision=args.precision, seed=args.seed)
+    cfg.validate()
+    stop = threading.Event()
+    bar = None
+
+    def on_progress(p) -> None:
+        nonlocal bar
+        if p.phase == "start":
+            bar = tqdm(total=p.total, initial=p.done, unit="img", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+        elif bar is not None and p.phase == "epoch":
+            bar.update(p.done - bar.n)
+            if p.slots:
+                bar.set_postfix(epoch=max(s.epoch for s in p.slots), L_R=f"{p.slots[0].loss_r:.4g}", L_C=f"{p.slots[0].loss_c:.3g}")
+
+    def on_warm(p) -> None:
+        if p.phase == "start" and not args.quiet:
+            print(f"training the warm-start U-Net once (kept in {p.run_dir})", file=sys.stderr)
+
+    try:
+        m = evaluate_anounet(args.fnet_run, cfg, images=args.images, limit=args.limit, out=args.out, warm_start=args.warm_start,
+                             compare=args.compare, device=args.device, cache=not args.no_cache, progress=on_progress,
+                             stop=stop, warm_progress=on_warm)
+    except KeyboardInterrupt:
+        stop.set()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    print(f"{m['n_done']} image(s) ({m['n_cached']} from the cache), beta {cfg.beta}, up to {cfg.epochs} epochs, K={cfg.batch}: "
+          f"{m['seconds']:.1f} s, {m['seconds_per_image']:.2f} s per image computed, ~{m['memory_per_image_mb']:.1f} MB per image in flight")
+    print(f"stopped: {', '.join(f'{k} {v}' for k, v in sorted(m['stop_reasons'].items()))}; mean epochs {_fmt(m['mean_epochs'])}")
+    for key in ("pixel_auroc", "aupro", "image_auroc", "image_auroc_fnet"):
+        extra = f"   {m.get('compare_run')}: {_fmt(m[key + '_compare'])}" if key + "_compare" in m else ""
+        print(f"{key:>16}: {_fmt(m[key])}{extra}")
+    print(f"maps: {m['out']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
 
-    result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=args.epochs,
-                       batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps)
+    epochs = args.epochs if args.epochs is not None else (30 if args.what == "anounet" else 2)
+    result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=epochs,
+                       batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps,
+                       k=args.batch, fnet=args.fnet)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
@@ -138,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an AE or VAE on the normal training images")
     t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
     t.add_argument("--category", help="category (default: the first one)")
-    t.add_argument("--model", choices=["ae", "vae"], default="ae")
+    t.add_argument("--model", choices=["ae", "vae", "fnet", "unet"], default="ae",
+                   help="fnet: the Ano-Unet feature extractor; unet: a reconstruction U-Net (Ano-Unet warm start)")
     t.add_argument("--size", type=int, help="image side in px (default 128)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int)
@@ -156,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", dest="max_minutes", type=float, help="stop after this much training time")
     t.add_argument("--score", dest="score_mode", choices=["mean", "max", "topk", "sum"])
     t.add_argument("--smooth-sigma", dest="smooth_sigma", type=float)
+    t.add_argument("--embed-dim", dest="fnet_embed_dim", type=int, help="fnet: embedding size (default 64)")
+    t.add_argument("--fnet-stages", dest="fnet_stages", type=int, help="fnet: conv stages of the small backbone (default 5)")
+    t.add_argument("--fnet-alpha", dest="fnet_alpha", type=float, help="fnet: L2-constrained softmax scale (default 16)")
+    t.add_argument("--fnet-loss", dest="fnet_loss", choices=["l2softmax", "doc"], help="fnet: metric-learning loss")
+    t.add_argument("--references", dest="fnet_references",
+                   help="fnet: comma-separated 'other' image sources (default paste,synthetic,digits,textures)")
+    t.add_argument("--backbone", choices=["small", "mobilenet_v2"], help="fnet: backbone (mobilenet_v2 needs local ImageNet weights)")
+    t.add_argument("--backbone-weights", dest="backbone_weights", help="fnet: MobileNetV2 weight file (never downloaded)")
+    t.add_argument("--unet-levels", dest="unet_levels", type=int, help="unet: resolution levels (default 3)")
     t.add_argument("--out", help="run folder (default: <workspace>/runs/<id>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-eval", action="store_true", help="skip scoring the test split after training")
@@ -187,16 +249,49 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_project)
 
+    from core.anounet import AnoUnetConfig
+
+    adef = AnoUnetConfig()
+    a = sub.add_parser("anounet", help="Ano-Unet: optimize a U-Net per test image against a frozen f-Net; one map per image")
+    a.add_argument("fnet_run", help="an f-Net run (python -m core train --model fnet ...)")
+    a.add_argument("--images", nargs="+", help="test image paths (absolute or relative to the category folder), defect types, or image files")
+    a.add_argument("--limit", type=int, help="at most this many images, spread evenly over the defect types")
+    a.add_argument("--beta", type=float, default=adef.beta, help="weight of sum|F(G(x)) - C| in the loss")
+    a.add_argument("--epochs", type=int, default=adef.epochs, help="maximum Adam steps per image")
+    a.add_argument("--batch", type=int, default=adef.batch, help="K: images optimized at once, each with its own U-Net")
+    a.add_argument("--lr", type=float, default=adef.lr)
+    a.add_argument("--warm-start", dest="warm_start", default="none",
+                   help="none (as the article), auto (train a reconstruction U-Net once, kept in the f-Net run) or a unet run")
+    a.add_argument("--no-early-stop", action="store_true", help="always run --epochs (no plateau stop)")
+    a.add_argument("--no-guard", action="store_true", help="no adversarial guard")
+    a.add_argument("--min-epochs", dest="min_epochs", type=int, default=adef.min_epochs)
+    a.add_argument("--window", type=int, default=adef.window, help="epochs over which plateau and guard are judged")
+    a.add_argument("--base-channels", dest="base_channels", type=int, default=adef.base_channels, help="U-Net width")
+    a.add_argument("--levels", type=int, default=adef.levels, help="U-Net levels")
+    a.add_argument("--residual", action=argparse.BooleanOptionalAction, default=adef.residual,
+                   help="G starts as the identity and learns a change (sigmoid(logit(x) + U-Net)); --no-residual: the article's plain U-Net")
+    a.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=adef.precision)
+    a.add_argument("--seed", type=int, default=adef.seed)
+    a.add_argument("--out", help="output folder (default <fnet run>/anounet/<time>)")
+    a.add_argument("--compare", help="a reconstruction run (e.g. the AE) scored on the same test images")
+    a.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_anounet)
+
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
-    b.add_argument("what", choices=["train", "project"])
+    b.add_argument("what", choices=["train", "project", "anounet"])
     b.add_argument("--data", default="builtin:synthetic")
     b.add_argument("--category")
     b.add_argument("--size", type=int, default=128)
-    b.add_argument("--epochs", type=int, default=2, help="timed epochs per loop")
+    b.add_argument("--epochs", type=int, default=None, help="timed epochs per loop (train: 2, anounet: 30)")
     b.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     b.add_argument("--quality-epochs", dest="quality_epochs", type=int, default=0,
                    help="train: also train both loops this many epochs and compare image AUROC (0 = skip)")
     b.add_argument("--steps", type=int, default=10, help="project: projection steps")
+    b.add_argument("--batch", type=int, default=8, help="anounet: K images optimized at once")
+    b.add_argument("--fnet", help="anounet: an f-Net run (default an untrained f-Net: timing does not depend on weights)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

@@ -1,5 +1,10 @@
 """Benchmarks: the project's code against a reference in the same run, reported as ratios.
 
+``anounet``: images per minute of Ano-Unet with K images optimized at once against one image at a
+time as the article does (a fresh U-Net module + torch.optim.Adam per image, fp32), same images,
+U-Net, f-Net and epochs, early stop and guard off; plus peak memory per image (see
+:func:`bench_anounet`).
+
 ``train``: training images/s of :func:`core.train.fit` against a loop written the way the bottle AE
 article writes it (PIL decode + torchvision transforms in a DataLoader every epoch, fp32 NCHW,
 ``loss.item()`` every batch), same model, data, batch size and epochs. Optionally both are trained
@@ -10,9 +15,11 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core import metrics
@@ -69,7 +76,8 @@ def _auroc(model: torch.nn.Module, cfg: TrainConfig, test) -> float | None:
     return metrics.image_auroc(scored.scores, test.labels)
 
 
-def bench_train(data: str, category: str | None, size: int, epochs: int, batch_size: int, quality_epochs: int = 0) -> dict[str, Any]:
+def bench_train(data: str, category: str | None, size: int, epochs: int, batch_size: int, quality_epochs: int = 0,
+                repeats: int = 3) -> dict[str, Any]:
     """Measure training throughput (and optionally AUROC) of fit() vs. the reference loop."""
     index = open_dataset(data, category)
     channels = detect_channels(index)
@@ -80,14 +88,18 @@ def bench_train(data: str, category: str | None, size: int, epochs: int, batch_s
     n = len(train_samples)
 
     _reference_train(cfg, train_samples[: batch_size], channels, 1)  # warm-up (allocator, kernels)
-    _, ref_seconds = _reference_train(cfg, train_samples, channels, epochs)
-
-    clear_cache()  # the project's loop pays its one-time decode inside the timing
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run_dir = fit(cfg, Path(tmp) / "run")
-        ours_seconds = time.perf_counter() - t0
-        precision = __import__("json").loads((run_dir / "config.json").read_text())["resolved"]["precision"]
+    # Alternate the two loops `repeats` times and keep each one's fastest run: on a shared machine
+    # other work only ever slows a run down, so the minimum is the least disturbed measurement.
+    ref_times, ours_times, precision = [], [], "fp32"
+    for _ in range(repeats):
+        ref_times.append(_reference_train(cfg, train_samples, channels, epochs)[1])
+        clear_cache()  # the project's loop pays its one-time decode inside the timing
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_dir = fit(cfg, Path(tmp) / "run")
+            ours_times.append(time.perf_counter() - t0)
+            precision = __import__("json").loads((run_dir / "config.json").read_text())["resolved"]["precision"]
+    ref_seconds, ours_seconds = min(ref_times), min(ours_times)
 
     result: dict[str, Any] = {
         "benchmark": "train",
@@ -102,7 +114,10 @@ def bench_train(data: str, category: str | None, size: int, epochs: int, batch_s
         "ours_precision": precision,
         "speedup": ref_seconds / ours_seconds,
         "target_speedup": 2.5,
-        "note": "ours includes the one-time decode, validation loss and checkpoint writes",
+        "repeats": repeats,
+        "reference_seconds_all": ref_times,
+        "ours_seconds_all": ours_times,
+        "note": "fastest of `repeats` alternating runs each; ours includes the one-time decode, validation loss and checkpoint writes",
     }
     if quality_epochs:
         test = load_split(index, "test", size, channels)
@@ -124,6 +139,9 @@ def run(what: str, **kwargs: Any) -> dict[str, Any]:
                            kwargs["batch_size"], kwargs.get("quality_epochs", 0))
     if what == "project":
         return bench_project(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("steps") or 10, 16)
+    if what == "anounet":
+        return bench_anounet(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("epochs") or 30,
+                             kwargs.get("k") or 8, kwargs.get("fnet"))
     raise ValueError(f"unknown benchmark {what!r}")
 
 
@@ -149,13 +167,16 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
     cfg = ProjectionConfig(steps=steps)
     run_projection(model, x[:2], ProjectionConfig(steps=1))  # warm-up
 
-    t0 = time.perf_counter()
-    run_projection(model, x, cfg)
-    batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(batch_size):
-        run_projection(model, x[i : i + 1], cfg)
-    sequential = time.perf_counter() - t0
+    batched_all, sequential_all = [], []
+    for _ in range(3):  # alternate and keep the fastest of each (other load only slows a run down)
+        t0 = time.perf_counter()
+        run_projection(model, x, cfg)
+        batched_all.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(batch_size):
+            run_projection(model, x[i : i + 1], cfg)
+        sequential_all.append(time.perf_counter() - t0)
+    batched, sequential = min(batched_all), min(sequential_all)
 
     # One training step on the same batch, as core.train does it (channels_last, the same precision).
     from core.device import autocast, resolve_precision
@@ -166,14 +187,16 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
 
     def train_steps(n: int, prec: str) -> float:
         xb = x.contiguous(memory_format=torch.channels_last)
-        t = time.perf_counter()
+        times = []
         for _ in range(n):
+            t = time.perf_counter()
             with autocast(torch.device("cpu"), prec):
                 loss, _ = train_model.loss(xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return (time.perf_counter() - t) / n
+            times.append(time.perf_counter() - t)
+        return min(times)
 
     train_steps(1, "fp32")
     n = max(3, min(steps, 10))
@@ -193,3 +216,181 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
         f"step_cost_vs_train_step_{precision}": step / train_project,
         "target_step_cost": 1.5,
     }
+
+
+def _anounet_setup(data: str, category: str | None, size: int, k: int, fnet_run: str | None, device: str = "cpu"):
+    """The f-Net (a run's, or an untrained default one), the data spec, its index, size, channels and ``k`` test images (uint8)."""
+    from core.anounet import _stratified
+    from core.fnet import FNet, FNetConfig, load_fnet
+
+    if fnet_run:
+        run = load_fnet(fnet_run, device)
+        fnet, data, category, size = run.model, run.config.data, run.config.category, run.config.size
+        channels = run.config.channels
+        index = open_dataset(data, category, seed=run.config.data_seed)
+    else:
+        index = open_dataset(data, category)
+        channels = detect_channels(index)
+        torch.manual_seed(0)
+        fnet = FNet(FNetConfig(in_channels=channels)).eval().requires_grad_(False)
+    test = load_split(index, "test", size, channels)
+    pick = _stratified([s.defect for s in test.samples], k)
+    if len(pick) < k:
+        raise ValueError(f"the test split has only {len(pick)} images; need {k}")
+    return fnet, data, index, size, channels, test.images[pick]
+
+
+def _peak_rss_kib() -> tuple[int, bool]:
+    """Peak RSS of this process in KiB: ``VmHWM`` (resettable, Linux) or ``ru_maxrss``; True when resettable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]), True
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), False
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (``echo 5 > /proc/self/clear_refs``); False when not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_child(spec: str) -> None:
+    """Subprocess body of the memory probe: prints the peak RSS growth (KiB) of one Ano-Unet run."""
+    import gc
+    import json
+
+    from core.anounet import AnoUnet, AnoUnetConfig
+
+    a = json.loads(spec)
+    fnet, _, _, _, _, images = _anounet_setup(a["data"], a["category"], a["size"], a["k"], a["fnet"])
+    clear_cache()  # drop the decoded dataset: only the K images stay
+    gc.collect()
+    cfg = AnoUnetConfig(epochs=a["epochs"], batch=a["k"], early_stop=False, guard=False)
+    ano = AnoUnet(fnet, cfg, device="cpu", cache=False)
+    reset = _reset_peak_rss()
+    base, _ = _peak_rss_kib()
+    ano.run(images)
+    peak, _ = _peak_rss_kib()
+    print(json.dumps({"baseline_kib": base, "peak_kib": peak, "reset": reset}))
+
+
+def _measure_rss(data: str, category: str | None, size: int, k: int, fnet_run: str | None, epochs: int = 3) -> dict[str, float] | None:
+    """Peak RSS growth (MiB) of a fresh process running Ano-Unet on ``k`` images at once; None when unavailable."""
+    import json
+    import subprocess
+    import sys
+
+    spec = json.dumps({"data": data, "category": category, "size": size, "k": k, "fnet": fnet_run, "epochs": epochs})
+    root = Path(__file__).resolve().parents[1]
+    try:
+        r = subprocess.run([sys.executable, "-c", f"import core.bench as b; b._memory_child({spec!r})"], cwd=root,
+                           capture_output=True, text=True, timeout=900)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+    if not out.get("reset"):
+        return None  # without a resettable peak the number would include loading the data
+    return {"peak_growth_mib": (out["peak_kib"] - out["baseline_kib"]) / 1024.0}
+
+
+def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: int = 8, fnet_run: str | None = None) -> dict[str, Any]:
+    """Ano-Unet throughput: K images at once vs. one image at a time as the article does, same epochs.
+
+    Three timed loops over the same ``k`` test images, in one process, after a warm-up:
+
+    * ``reference`` - the article's way: per image a fresh :class:`core.models.unet.UNet` module,
+      ``torch.optim.Adam``, fp32, ``loss.item()`` every epoch;
+    * ``sequential`` - this project's code with K = 1 (isolates the effect of batching);
+    * ``batched`` - this project's code with K = ``k``.
+
+    All start every image from the same weights and run exactly ``epochs`` steps (early stop and guard
+    off, no cache), so ``max_map_difference`` (batched vs reference) checks they compute the same thing.
+
+    Memory per image: (1) an estimate, :meth:`core.anounet.AnoUnet.memory_per_image` (parameters,
+    gradients, Adam moments, autograd-saved activations of G and F, image buffers); (2) measured: the
+    peak RSS growth of a fresh subprocess running K images and one image for 3 epochs (the kernel's
+    peak counter is reset after loading, ``/proc/self/clear_refs``; None where that is not possible);
+    ``rss_marginal_per_image_mb`` = (growth(K) - growth(1)) / (K - 1) removes the one-time costs.
+    """
+    from core.anounet import AnoUnet, AnoUnetConfig
+    from core.models.unet import UNet
+
+    fnet, data, index, size, channels, images = _anounet_setup(data, category, size, k, fnet_run)
+    cfg = AnoUnetConfig(epochs=epochs, batch=k, early_stop=False, guard=False, precision="fp32")
+    batched = AnoUnet(fnet, cfg, device="cpu", cache=False)
+    single = AnoUnet(fnet, replace(cfg, batch=1), device="cpu", cache=False)
+    center = fnet.center.detach().float()
+
+    def reference(imgs: torch.Tensor, n_epochs: int) -> tuple[float, list[np.ndarray]]:
+        maps = []
+        t0 = time.perf_counter()
+        for img in imgs:
+            x = img.float().div(255.0)[None]
+            g = UNet(batched.unet_cfg)
+            g.load_state_dict(batched._initial_params(img))
+            opt = torch.optim.Adam(g.parameters(), lr=cfg.lr)
+            for _ in range(n_epochs):
+                y = g(x)
+                loss = (x - y).abs().sum() + cfg.beta * (fnet(y) - center).abs().sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss.item()  # the per-epoch log the article's loop prints
+            with torch.no_grad():
+                maps.append(gaussian_blur_map(x, g(x), cfg.smooth_sigma))
+        return time.perf_counter() - t0, maps
+
+    # warm-up (allocator, oneDNN primitives) on the shapes of all three loops
+    reference(images[:1], 2)
+    AnoUnet(fnet, replace(cfg, epochs=2), device="cpu", cache=False).run(images)
+    AnoUnet(fnet, replace(cfg, epochs=2, batch=1), device="cpu", cache=False).run(images[:1])
+
+    ref_s, ref_maps = reference(images, epochs)
+    t0 = time.perf_counter()
+    seq = single.run(images)
+    seq_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bat = batched.run(images)
+    bat_s = time.perf_counter() - t0
+    diff_ref = max(float(np.abs(r.anomaly_map - m).max()) for r, m in zip(bat, ref_maps))
+    diff_seq = max(float(np.abs(r.anomaly_map - q.anomaly_map).max()) for r, q in zip(bat, seq))
+    n = len(images)
+    mem = batched.memory_per_image(size)
+    rss_k = _measure_rss(data, index.category, size, k, fnet_run)
+    rss_1 = _measure_rss(data, index.category, size, 1, fnet_run)
+    return {
+        "benchmark": "anounet",
+        "data": data, "category": index.category, "size": size, "channels": channels, "fnet": fnet_run or "untrained default",
+        "unet": batched.unet_cfg.__dict__, "epochs": epochs, "k": k, "images": n, "threads": torch.get_num_threads(),
+        "reference_seconds": ref_s, "sequential_seconds": seq_s, "batched_seconds": bat_s,
+        "reference_images_per_minute": 60.0 * n / ref_s,
+        "sequential_images_per_minute": 60.0 * n / seq_s,
+        "batched_images_per_minute": 60.0 * n / bat_s,
+        "speedup": ref_s / bat_s, "speedup_batching_only": seq_s / bat_s, "target_speedup": 4.0,
+        "seconds_per_image_batched": bat_s / n,
+        "max_map_difference_vs_reference": diff_ref, "max_map_difference_vs_sequential": diff_seq,
+        "memory_per_image_mb_estimate": mem["bytes_per_image"] / 2**20,
+        "memory_estimate_parts_mb": {k2: v / 2**20 for k2, v in mem.items() if k2.endswith("bytes")},
+        "rss_peak_growth_mb_k": rss_k["peak_growth_mib"] if rss_k else None,
+        "rss_peak_growth_mb_1": rss_1["peak_growth_mib"] if rss_1 else None,
+        "rss_per_image_mb": rss_k["peak_growth_mib"] / k if rss_k else None,
+        "rss_marginal_per_image_mb": (rss_k["peak_growth_mib"] - rss_1["peak_growth_mib"]) / max(1, k - 1) if rss_k and rss_1 else None,
+        "memory_method": "estimate: 16 B/param + autograd-saved activations (G and F) + image buffers; "
+                         "rss: peak-RSS (VmHWM, reset after setup) growth of a fresh subprocess over a 3-epoch run",
+    }
+
+
+def gaussian_blur_map(x: torch.Tensor, y: torch.Tensor, sigma: float) -> np.ndarray:
+    """The Ano-Unet map of one image ``[1, C, H, W]``: smoothed channel-mean |x - G(x)|."""
+    from core.scoring import gaussian_blur
+
+    return gaussian_blur((x - y).abs().mean(1), sigma)[0].float().numpy()
+

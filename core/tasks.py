@@ -45,3 +45,57 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
         return result
 
     return task
+
+
+def anounet_task(
+    fnet_run_dir: Path | str, images: Any, cfg: Any, *, warm_start: str = "none", preview_every: int = 5,
+    device: str = "auto", cache: bool = True,
+) -> Callable[[JobContext], dict[str, Any]]:
+    """A job that runs Ano-Unet (``core.anounet``) on uint8 images ``[N, C, H, W]`` with an f-Net run.
+
+    State keys: ``phase`` ("warm start", "optimizing", "done"), ``done``, ``total``, ``cached``, ``epoch``
+    (highest epoch in flight), ``curves`` ({image index: {"loss_r", "loss_c", "pixel_change": lists}}),
+    ``previews`` ({image index: latest G(x), float CHW}, every ``preview_every`` epochs), ``results``
+    ({image index: :class:`core.anounet.ImageResult`}, as images finish). Returns ``{"results": [...]}``
+    in request order (None for images a stop request kept from starting).
+    """
+    from core.anounet import AnoUnet, AnoUnetProgress, resolve_warm_start
+    from core.fnet import load_fnet
+
+    def task(ctx: JobContext) -> dict[str, Any]:
+        # The worker owns these; the published state always gets fresh copies (a snapshot may be
+        # deep-copying the previous ones in another thread).
+        curves: dict[int, dict[str, list[float]]] = {}
+        previews: dict[int, Any] = {}
+        finished: dict[int, Any] = {}
+
+        def on_progress(p: AnoUnetProgress) -> None:
+            update: dict[str, Any] = {"done": p.done, "total": p.total, "cached": p.cached}
+            if p.slots:
+                update["epoch"] = max(s.epoch for s in p.slots)
+                for s in p.slots:
+                    c = curves.setdefault(s.index, {"loss_r": [], "loss_c": [], "pixel_change": []})
+                    c["loss_r"].append(s.loss_r)
+                    c["loss_c"].append(s.loss_c)
+                    c["pixel_change"].append(s.pixel_change)
+                    if s.preview is not None:
+                        previews[s.index] = s.preview
+                update["curves"] = {i: {k: list(v) for k, v in c.items()} for i, c in curves.items()}
+                update["previews"] = dict(previews)
+            if p.results:
+                finished.update(zip(p.finished, p.results))
+                update["results"] = dict(finished)
+            ctx.update(**update)
+
+        ctx.update(phase="loading", done=0, total=len(images), cached=0, curves={}, previews={}, results={})
+        run = load_fnet(fnet_run_dir, device)
+        if warm_start not in ("", "none"):
+            ctx.update(phase="warm start")
+        state, arch, _ = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=device, stop=ctx.stop)
+        ctx.update(phase="optimizing")
+        ano = AnoUnet(run.model, cfg, warm_state=state, warm_arch=arch, device=device, cache=cache)
+        results = ano.run(images, progress=on_progress, stop=ctx.stop, preview_every=preview_every)
+        ctx.update(phase="done")
+        return {"results": results}
+
+    return task

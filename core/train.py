@@ -23,7 +23,7 @@ from core import runs
 from core.data.builtin import open_dataset
 from core.data.loading import augment_batch, detect_channels, load_split
 from core.device import autocast, resolve_device, resolve_precision
-from core.models import RECONSTRUCTION_MODELS, build_model
+from core.models import RECONSTRUCTION_MODELS, TRAINABLE_MODELS, build_model  # noqa: F401 (RECONSTRUCTION_MODELS re-exported)
 from core.scoring import ScoreConfig
 
 
@@ -59,11 +59,21 @@ class TrainConfig:
     score_mode: str = "topk"
     topk_percent: float = 1.0
     smooth_sigma: float = 2.0
+    # f-Net (model "fnet", core/fnet.py) only
+    fnet_embed_dim: int = 64
+    fnet_stages: int = 5
+    fnet_alpha: float = 16.0  # L2-constrained softmax scale
+    fnet_loss: str = "l2softmax"  # or "doc"
+    fnet_references: str = "paste,synthetic,digits,textures"  # "other" image sources
+    backbone: str = "small"  # or "mobilenet_v2" (local ImageNet weights only)
+    backbone_weights: str = ""  # MobileNetV2 weight file; default $TORCH_HOME/hub/checkpoints/mobilenet_v2-*.pth
+    # U-Net (model "unet", the Ano-Unet warm start) only
+    unet_levels: int = 3
 
     def validate(self) -> None:
         """Raise ValueError on a bad combination of settings."""
-        if self.model not in RECONSTRUCTION_MODELS:
-            raise ValueError(f"model must be one of {', '.join(RECONSTRUCTION_MODELS)}, got {self.model!r}")
+        if self.model not in TRAINABLE_MODELS:
+            raise ValueError(f"model must be one of {', '.join(TRAINABLE_MODELS)}, got {self.model!r}")
         if self.size < 8 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("size must be >= 8, epochs and batch size >= 1, lr > 0")
         if not 0 <= self.val_fraction < 1:
@@ -72,6 +82,18 @@ class TrainConfig:
             raise ValueError("channels must be 0 (auto), 1 or 3")
         if self.crop_scale < 1:
             raise ValueError("crop_scale must be >= 1")
+        if self.model == "fnet":
+            from core.fnet import BACKBONES, FNET_LOSSES, REFERENCE_SOURCES
+
+            if self.fnet_loss not in FNET_LOSSES:
+                raise ValueError(f"fnet_loss must be one of {', '.join(FNET_LOSSES)}, got {self.fnet_loss!r}")
+            if self.backbone not in BACKBONES:
+                raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+            bad = [s for s in self.fnet_references.split(",") if s.strip() and s.strip() not in REFERENCE_SOURCES]
+            if bad or not self.fnet_references.strip():
+                raise ValueError(f"fnet_references must be a comma-separated subset of {', '.join(REFERENCE_SOURCES)}")
+            if self.batch_size < 2:
+                raise ValueError("an f-Net batch needs at least 2 images (normal and other)")
         self.score_config().validate()
 
     def score_config(self) -> ScoreConfig:
@@ -82,6 +104,10 @@ class TrainConfig:
         """Architecture dict for :func:`core.models.build_model`."""
         if self.model == "ae":
             return {"in_channels": channels, "base_channels": self.base_channels or 16, "depth": self.depth}
+        if self.model == "unet":
+            return {"in_channels": channels, "base_channels": self.base_channels or 8, "levels": self.unet_levels}
+        if self.model == "fnet":
+            raise ValueError("the f-Net architecture is built by core.fnet.fit_fnet (it depends on the reference data)")
         return {
             "in_channels": channels,
             "size": self.size,
@@ -181,6 +207,10 @@ def fit(
         core.runs.RunError: an unreadable checkpoint when resuming.
     """
     cfg.validate()
+    if cfg.model == "fnet":  # a classifier with its own data pipeline (normal vs. other images)
+        from core.fnet import fit_fnet
+
+        return fit_fnet(cfg, run_dir, progress=progress, stop=stop, resume=resume)
     started = time.monotonic()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -200,7 +230,7 @@ def fit(
     val_images = val_src.images[torch.from_numpy(va_idx)] if len(va_idx) else train_images[:0]
 
     model = build_model(cfg.model, cfg.arch(channels))
-    if cfg.model == "ae":
+    if cfg.model in ("ae", "unet"):
         model.cfg.validate(cfg.size)
     channels_last = device.type in ("cpu", "cuda")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
