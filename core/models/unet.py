@@ -13,8 +13,9 @@ function of a parameter dict, :func:`unet_apply`, that works in two modes:
 
 No BatchNorm: its batch statistics would mix images (and running stats make no sense for a network
 trained on one image). GroupNorm (or no normalization) is per image. Down-sampling is 2x2 average
-pooling, up-sampling is nearest + 3x3 conv (no transposed convs: no checkerboard artefacts in the
-|x - G(x)| maps). The output goes through a sigmoid, so G(x) is an image in [0, 1].
+pooling, up-sampling is a 3x3 conv followed by 2x nearest up-sampling (no transposed convs: no
+checkerboard artefacts in the |x - G(x)| maps). The output goes through a sigmoid, so G(x) is an image
+in [0, 1]; with ``residual`` G starts as the identity.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class UNetConfig:
         norm_groups: GroupNorm groups per layer (capped at the layer width); 0 = no normalization.
         residual: G(x) = sigmoid(logit(x) + head(...)) with a zero-initialized head, so G starts as the
             identity and only learns a change; otherwise G(x) = sigmoid(head(...)) (the article's form).
+        skip: how a decoder level joins the encoder's features: ``concat`` (the classic U-Net) or
+            ``add`` (cheaper: the first decoder conv sees ``width`` instead of ``2 * width`` channels).
     """
 
     in_channels: int = 3
@@ -47,6 +50,7 @@ class UNetConfig:
     levels: int = 3
     norm_groups: int = 4
     residual: bool = False
+    skip: str = "concat"
 
     def validate(self, size: int | None = None) -> None:
         """Raise ValueError on bad values, or when ``size`` does not fit the pooling depth."""
@@ -54,6 +58,8 @@ class UNetConfig:
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.base_channels < 1 or self.levels < 1 or self.norm_groups < 0:
             raise ValueError("base_channels and levels must be >= 1 and norm_groups >= 0")
+        if self.skip not in ("concat", "add"):
+            raise ValueError(f"skip must be 'concat' or 'add', got {self.skip!r}")
         if size is not None and size % 2 ** (self.levels - 1):
             raise ValueError(f"image size {size} must be divisible by {2 ** (self.levels - 1)} for a U-Net with {self.levels} levels")
 
@@ -107,7 +113,7 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList()
         for width in reversed(w[:-1]):
             self.up.append(_conv(cin, width))
-            self.dec.append(_Block(2 * width, width, cfg.groups_for(width)))
+            self.dec.append(_Block(2 * width if cfg.skip == "concat" else width, width, cfg.groups_for(width)))
             cin = width
         self.head = _conv(cin, cfg.in_channels, 1)
         if cfg.residual:  # start as the identity: G(x) = x until the head learns a change
@@ -181,12 +187,16 @@ def unet_apply(cfg: UNetConfig, params: dict[str, torch.Tensor], x: torch.Tensor
         hcur = block(hcur, f"enc.{i}")
         skips.append(hcur)
     for j in range(cfg.levels - 1):
-        hcur = conv(F.interpolate(hcur, scale_factor=2.0, mode="nearest"), f"up.{j}")
+        # The up-path conv runs before the 2x nearest up-sampling: 4x cheaper than after it.
+        hcur = F.interpolate(conv(hcur, f"up.{j}"), scale_factor=2.0, mode="nearest")
         skip = skips[cfg.levels - 2 - j]
-        b, _, hh, ww = hcur.shape
-        k = copies or 1
-        # Concatenate per network: [up_k, skip_k] stays inside channel group k.
-        hcur = torch.cat([hcur.reshape(b, k, -1, hh, ww), skip.reshape(b, k, -1, hh, ww)], 2).reshape(b, -1, hh, ww)
+        if cfg.skip == "add":
+            hcur = hcur + skip
+        else:
+            b, _, hh, ww = hcur.shape
+            k = copies or 1
+            # Concatenate per network: [up_k, skip_k] stays inside channel group k.
+            hcur = torch.cat([hcur.reshape(b, k, -1, hh, ww), skip.reshape(b, k, -1, hh, ww)], 2).reshape(b, -1, hh, ww)
         hcur = block(hcur, f"dec.{j}")
     if cfg.residual:
         eps = RESIDUAL_EPS

@@ -60,7 +60,7 @@ def test_residual_unet_starts_as_identity() -> None:
 def test_loss_terms_on_toy_tensors() -> None:
     f = _fnet()
     x8 = _images(2)
-    ano = AnoUnet(f, AnoUnetConfig(beta=7.0, batch=2, **FAST), device="cpu", cache=False)
+    ano = AnoUnet(f, AnoUnetConfig(beta=7.0, batch=2, residual=False, **FAST), device="cpu", cache=False)
     from core.anounet import _Slots
 
     slots = _Slots(ano.names)
@@ -87,10 +87,12 @@ def test_f_stays_frozen() -> None:
     f = _fnet()
     f.train()  # even if handed over in train mode, F is used in eval mode and never updated
     before = {k: v.clone() for k, v in f.state_dict().items()}
-    res = AnoUnet(f, AnoUnetConfig(epochs=3, batch=2, **FAST), device="cpu", cache=False).run(_images(3))
+    ano = AnoUnet(f, AnoUnetConfig(epochs=3, batch=2, **FAST), device="cpu", cache=False)
+    res = ano.run(_images(3))
     assert all(r is not None and r.epochs == 3 for r in res)
-    assert not f.training
-    assert all(p.grad is None and not p.requires_grad for p in f.parameters())
+    assert not ano.fnet.training  # the copy Ano-Unet uses: eval mode, no parameter takes a gradient
+    assert all(p.grad is None and not p.requires_grad for p in ano.fnet.parameters())
+    assert all(p.grad is None for p in f.parameters())  # and the caller's module is untouched
     after = f.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights, C and BN running stats
 
@@ -197,8 +199,8 @@ def test_adversarial_guard_rolls_back() -> None:
         f.center.copy_(torch.tensor([0.0, 1.0]))  # "normal" = mean pixel exactly 0.5
     x = torch.full((1, 3, 16, 16), 0.5)
     x[..., :2, :] = 0.52  # a barely visible brightening: F says "far from normal"
-    cfg = AnoUnetConfig(epochs=60, residual=True, beta=1e3, lr=1e-3, window=3, noise_level=0.05, feature_drop=0.05,
-                        early_stop=False)
+    cfg = AnoUnetConfig(epochs=60, residual=True, beta=1e3, lr=1e-3, window=3, min_epochs=0, noise_level=0.05,
+                        feature_drop=0.05, early_stop=False)
     res = AnoUnet(f, cfg, device="cpu", cache=False).run(x)[0]
     assert res.stop_reason == "adversarial"
     assert res.epochs == 0  # rolled back to the output before the window that fooled F
