@@ -16,6 +16,7 @@ import streamlit as st
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.index import DatasetError, DatasetIndex
 from core.jobs import JobRegistry
+from core.models import RECONSTRUCTION_MODELS
 from core.runs import CONFIG_FILE, METRICS_FILE, LoadedRun, RunError, list_runs, load_run, read_history
 from core.workspace import AccessError, check_allowed, default_allowed_roots
 
@@ -178,7 +179,8 @@ def _sidebar() -> Selection:
             st.session_state[KEY_CATEGORY] = cats[0]
         category = st.selectbox("Category", cats, key=KEY_CATEGORY, on_change=_remember, args=(KEY_CATEGORY,))
         st.markdown("### Model")
-        runs = [r for r in run_summaries() if r["has_model"] and _same_data(r["config"], spec, category)]
+        runs = [r for r in run_summaries() if r["has_model"] and r["config"].get("model") in RECONSTRUCTION_MODELS
+                and _same_data(r["config"], spec, category)]  # f-Net/U-Net runs are not detectors for these pages
         ids = [r["id"] for r in runs]
         if not ids:
             st.caption("No trained run for this data yet: train one on the Train page.")
