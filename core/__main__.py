@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
 
-    t = sub.add_parser("train", help="train an AE or VAE on the normal training images")
+    t = sub.add_parser("train", help="train an AE, VAE, U-Net or f-Net (Ano-Unet feature extractor) on the normal training images")
     t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
     t.add_argument("--category", help="category (default: the first one)")
     t.add_argument("--model", choices=["ae", "vae", "fnet", "unet"], default="ae",

@@ -37,10 +37,10 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
         ctx.update(run_dir=str(out))
         result: dict[str, Any] = {"run_dir": str(out)}
         if evaluate:
-            from core.evaluate import evaluate_run
+            from core.fnet import evaluate_any  # evaluate_run, or the f-Net's own (distance to C)
 
             ctx.update(phase="scoring the test images")
-            result["metrics"] = evaluate_run(out, device=cfg.device)
+            result["metrics"] = evaluate_any(out, device=cfg.device)
         ctx.update(phase="done")
         return result
 

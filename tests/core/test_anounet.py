@@ -288,3 +288,15 @@ def test_job_task_publishes_curves_previews_and_results(fnet_run: Path) -> None:
     assert snap.state["phase"] == "done" and snap.state["done"] == 3
     assert sorted(snap.state["results"]) == [0, 1, 2] and len(snap.result["results"]) == 3
     assert len(snap.state["curves"][0]["loss_r"]) == 3 and snap.state["previews"][2].shape == (3, 32, 32)
+
+
+def test_cli_trains_a_unet_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.__main__ import main
+    from core.runs import load_run
+
+    out = tmp_path / "u"
+    assert main(["train", "--model", "unet", "--size", "32", "--epochs", "1", "--base-channels", "4", "--unet-levels", "2",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert "pixel AUROC" in capsys.readouterr().out  # a reconstruction model: the usual evaluation
+    run = load_run(out)
+    assert isinstance(run.model, UNet) and run.model.cfg.levels == 2 and run.model.cfg.base_channels == 4
