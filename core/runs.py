@@ -15,7 +15,7 @@ import torch
 from core.workspace import atomic_torch_save, atomic_write_json, runs_dir
 
 if TYPE_CHECKING:
-    from core.scoring import ReconstructionDetector
+    from core.models.contract import Detector
     from core.train import TrainConfig
 
 BEST_CKPT = "model.pt"
@@ -134,12 +134,17 @@ class LoadedRun:
         """Folder name of the run."""
         return self.path.name
 
-    def detector(self, **score_overrides: Any) -> ReconstructionDetector:
-        """A detector over this run's model with its score settings (optionally overridden)."""
+    def detector(self, **score_overrides: Any) -> Detector:
+        """A detector over this run's model: the reconstruction detector with the run's score settings
+        (optionally overridden), or for an f-Net run the distance to C (``core.fnet.FNetDetector``)."""
         from dataclasses import replace
 
         from core.scoring import ReconstructionDetector
 
+        if self.config.model == "fnet":
+            from core.fnet import FNetDetector
+
+            return FNetDetector(self.model)
         return ReconstructionDetector(self.model, replace(self.config.score_config(), **score_overrides))
 
 

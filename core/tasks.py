@@ -87,13 +87,16 @@ def anounet_task(
                 update["results"] = dict(finished)
             ctx.update(**update)
 
+        from core.device import resolve_device
+
         ctx.update(phase="loading", done=0, total=len(images), cached=0, curves={}, previews={}, results={})
-        run = load_fnet(fnet_run_dir, device)
+        dev = resolve_device(device)
+        run = load_fnet(fnet_run_dir, dev)
         if warm_start not in ("", "none"):
             ctx.update(phase="warm start")
-        state, arch, _ = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=device, stop=ctx.stop)
+        state, arch, _ = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=dev, stop=ctx.stop)
         ctx.update(phase="optimizing")
-        ano = AnoUnet(run.model, cfg, warm_state=state, warm_arch=arch, device=device, cache=cache)
+        ano = AnoUnet(run.model, cfg, warm_state=state, warm_arch=arch, device=dev, cache=cache)
         results = ano.run(images, progress=on_progress, stop=ctx.stop, preview_every=preview_every)
         ctx.update(phase="done")
         return {"results": results}

@@ -62,6 +62,10 @@ def draw_pages() -> None:
     c2.page_link("views/train.py", label="Train", icon=":material/model_training:", help="Background training with live curves")
     c3.page_link("views/results.py", label="Results", icon=":material/insights:", help="Heatmaps sorted by score, AUROC, AUPRO")
     c4.page_link("views/try_image.py", label="Try your image", icon=":material/upload:", help="Score an uploaded image")
+    c1.page_link("views/projection.py", label="Projection", icon=":material/animation:",
+                 help="Move the image towards normal, step by step: only the defect changes")
+    c2.page_link("views/anounet.py", label="Ano-Unet", icon=":material/auto_fix_high:",
+                 help="Per-image U-Net guided by a frozen feature extractor: what it must change is the anomaly")
 
 
 draw_intro()

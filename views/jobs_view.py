@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.images import to_uint8_hwc
 from core.jobs import JobSnapshot
+from core.models import RECONSTRUCTION_MODELS
 from core.train import TrainConfig
 from core.tasks import training_task
 from core.viz import strip
@@ -111,7 +112,7 @@ def live_jobs(*, only_session: bool = False) -> None:
         if ended:  # a job finished: select its run in the sidebar and refresh the whole page once
             seen.difference_update(ended)
             own = next((s for s in snaps if s.id == mine and s.id in ended and s.state.get("run_dir")), None)
-            if own is not None:
+            if own is not None and own.state.get("config", {}).get("model") in RECONSTRUCTION_MODELS:
                 st.session_state[ui.PERSIST_PREFIX + ui.KEY_RUN] = Path(own.state["run_dir"]).name
             st.rerun(scope="app")
 

@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels, to_float_chw
-from core.jobs import JobContext, JobRegistry, JobSnapshot
+from core.images import IMAGE_SUFFIXES, to_float_chw
+from core.jobs import Job, JobContext, JobRegistry, JobSnapshot
 from core.projection import MAP_MODES, ProjectionConfig, mean_energy_curve, project, projection_map
 from core.runs import LoadedRun
 from core.scoring import ReconstructionDetector, gaussian_blur, image_scores
@@ -253,14 +253,7 @@ def gif_frames(result: dict[str, Any]) -> list[np.ndarray]:
 
 def decode_upload(run: LoadedRun, name: str, data: bytes) -> tuple[np.ndarray | None, str | None]:
     """Decode an upload and convert it to the run's channels and size: (uint8 HWC image, None) or (None, error)."""
-    cfg = run.config
-    try:
-        img = read_image(data, name=name)
-        return to_channels(resize(to_channels(img, cfg.channels), cfg.size), cfg.channels), None
-    except ImageError as exc:
-        return None, str(exc)
-    except Exception as exc:  # hostile input can raise more than ImageError: say so, never a traceback
-        return None, f"{name}: not a usable image ({type(exc).__name__})"
+    return ui.decode_upload(run.config.size, run.config.channels, name, data)
 
 
 def default_picks(view: dict[str, Any], n: int = 4) -> list[str]:
@@ -436,17 +429,10 @@ def draw_controls(run: LoadedRun, view: dict[str, Any]) -> tuple[Request, torch.
         if not files:
             st.warning("Upload at least one image.")
             return None
-        if len(files) > MAX_IMAGES:
-            st.warning(f"{len(files)} files uploaded: projecting the first {MAX_IMAGES}.")
-        for f in files[:MAX_IMAGES]:
-            data = f.getvalue()
-            img, error = decode_upload(run, f.name, data)
-            if error:
-                st.error(error, icon=":material/broken_image:")
-                continue
-            images.append(img)
-            keys.append("upload:" + hashlib.sha1(data).hexdigest())
-            labels.append(Path(f.name).stem[:24])
+        for up in ui.decode_uploads(files, run.config.size, run.config.channels, MAX_IMAGES):
+            images.append(up.image)
+            keys.append(up.key)
+            labels.append(up.label)
             truth.append(None)
             masks.append(None)
         if not images:
@@ -459,16 +445,8 @@ def draw_controls(run: LoadedRun, view: dict[str, Any]) -> tuple[Request, torch.
 # --------------------------------------------------------------------------- drawing
 def draw_progress(job_id: str) -> None:
     """Live progress of a running job (refreshes itself); one full rerun when it ends."""
-    registry = ui.job_registry()
 
-    @st.fragment(run_every=0.5)
-    def _live() -> None:
-        job = registry.get(job_id)
-        if job is None:
-            return
-        snap = job.snapshot()
-        if not snap.running:
-            st.rerun(scope="app")
+    def _live(job: Job, snap: JobSnapshot) -> None:
         s = snap.state
         step, steps = int(s.get("step", 0) or 0), int(s.get("steps", 0) or 1)
         with st.container(border=True):
@@ -483,7 +461,7 @@ def draw_progress(job_id: str) -> None:
                 st.plotly_chart(energy_progress_figure(s["energy"], steps), key=f"projection-live-{job_id}",
                                 config={"displayModeBar": False})
 
-    _live()
+    ui.live_job(job_id, _live)
 
 
 def draw_summary(snap: JobSnapshot, run: LoadedRun) -> None:

@@ -6,16 +6,20 @@ only holds the user's current choices under the key constants below.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.index import DatasetError, DatasetIndex
-from core.jobs import JobRegistry
+from core.images import ImageError, read_image, resize, to_channels
+from core.jobs import Job, JobRegistry, JobSnapshot
 from core.models import RECONSTRUCTION_MODELS
 from core.runs import CONFIG_FILE, METRICS_FILE, LoadedRun, RunError, list_runs, load_run, read_history
 from core.workspace import AccessError, check_allowed, default_allowed_roots
@@ -180,7 +184,7 @@ def _sidebar() -> Selection:
         category = st.selectbox("Category", cats, key=KEY_CATEGORY, on_change=_remember, args=(KEY_CATEGORY,))
         st.markdown("### Model")
         runs = [r for r in run_summaries() if r["has_model"] and r["config"].get("model") in RECONSTRUCTION_MODELS
-                and _same_data(r["config"], spec, category)]  # f-Net/U-Net runs are not detectors for these pages
+                and same_data(r["config"], spec, category)]  # f-Net/U-Net runs are not detectors for these pages
         ids = [r["id"] for r in runs]
         if not ids:
             st.caption("No trained run for this data yet: train one on the Train page.")
@@ -192,7 +196,8 @@ def _sidebar() -> Selection:
         return Selection(spec, category, Path(by_id[run_id]["path"]))
 
 
-def _same_data(cfg: dict, spec: str, category: str) -> bool:
+def same_data(cfg: dict, spec: str, category: str | None) -> bool:
+    """True when a run's config was trained on dataset ``spec`` / ``category`` (folders compared resolved)."""
     data = cfg.get("data", "")
     same = data == spec or (not is_builtin(data) and not is_builtin(spec) and os.path.realpath(data) == os.path.realpath(spec))
     return same and cfg.get("category") == category
@@ -237,3 +242,56 @@ def require_run(sel: Selection) -> LoadedRun | None:
 def fmt_metric(value: object) -> str:
     """A metric for display: three decimals, or an em dash when missing."""
     return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "—"
+
+
+def decode_upload(size: int, channels: int, name: str, data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """An uploaded file as uint8 HWC at ``size`` px and ``channels``, or (None, a message naming the file)."""
+    try:
+        img = read_image(data, name=name)
+        return to_channels(resize(to_channels(img, channels), size), channels), None
+    except ImageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # hostile input can raise more than ImageError: say so, never a traceback
+        return None, f"{name}: not a usable image ({type(exc).__name__})"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A decoded upload: the image, its content key and a short display name."""
+
+    image: np.ndarray  # uint8 HWC
+    key: str  # "upload:<sha1 of the file bytes>"
+    label: str
+
+
+def decode_uploads(files: list, size: int, channels: int, limit: int) -> list[Upload]:
+    """Decode up to ``limit`` uploaded files; say which ones could not be used (and that extra ones were dropped)."""
+    if len(files) > limit:
+        st.warning(f"{len(files)} files uploaded: using the first {limit}.")
+    out = []
+    for f in files[:limit]:
+        data = f.getvalue()
+        img, error = decode_upload(size, channels, f.name, data)
+        if error:
+            st.error(error, icon=":material/broken_image:")
+            continue
+        out.append(Upload(img, "upload:" + hashlib.sha1(data).hexdigest(), Path(f.name).stem[:24]))
+    return out
+
+
+def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float = 0.5) -> None:
+    """Redraw a background job every ``every`` seconds with ``draw(job, snapshot)`` while it runs (a
+    fragment: the rest of the page stays put); one full rerun when it ends, so the page shows the result."""
+    registry = job_registry()
+
+    @st.fragment(run_every=every)
+    def _live() -> None:
+        job = registry.get(job_id)
+        if job is None:
+            return
+        snap = job.snapshot()
+        if not snap.running:
+            st.rerun(scope="app")
+        draw(job, snap)
+
+    _live()
