@@ -86,11 +86,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.fnet import evaluate_any
 
+    rule = {k: getattr(args, k, None) for k in ("rule", "target_fpr", "target_tpr", "cost_fp", "cost_fn", "cost_review")}
+    if any(v is not None for v in rule.values()) or args.detector != "auto":
+        from core.explorer import check_rule_options, evaluate_with_rule
+
+        check_rule_options(**rule)  # fail fast, before scoring
     m = evaluate_any(args.run_dir, device=args.device, strips=not args.no_strips)
+    if any(v is not None for v in rule.values()) or args.detector != "auto":
+        m = evaluate_with_rule(args.run_dir, m, detector=args.detector, device=args.device, **rule)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
     else:
-        for key in ("image_auroc", "average_precision", "f1_max", "threshold", "pixel_auroc", "aupro", "n_images", "n_defective"):
+        extra = ("rule", "tp", "fp", "tn", "fn", "tpr", "fpr", "precision", "f1", "cost_per_1000") if m.get("rule") else ()
+        for key in ("image_auroc", "average_precision", "f1_max", "threshold", "pixel_auroc", "aupro", "n_images", "n_defective", *extra):
             print(f"{key:>18}: {_fmt(m.get(key))}")
         if m.get("n_skipped"):
             print(f"skipped {m['n_skipped']} unreadable file(s):", file=sys.stderr)
@@ -229,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-strips", action="store_true", help="do not write heatmap strips")
+    e.add_argument("--rule", choices=["f1", "youden", "fpr", "tpr", "cost"],
+                   help="choose the threshold by a rule and report the metrics at it (see core.explorer)")
+    e.add_argument("--target-fpr", dest="target_fpr", type=float, help="--rule fpr: largest share of good parts flagged")
+    e.add_argument("--target-tpr", dest="target_tpr", type=float, help="--rule tpr: smallest share of defects caught")
+    e.add_argument("--cost-fp", dest="cost_fp", type=float, help="cost of a false alarm")
+    e.add_argument("--cost-fn", dest="cost_fn", type=float, help="cost of a miss")
+    e.add_argument("--cost-review", dest="cost_review", type=float, help="cost of reviewing a flagged part (default 0)")
+    e.add_argument("--detector", choices=["auto", "reconstruction", "projection", "fnet"], default="auto",
+                   help="scores to choose on (projection: the iterative projection's maps; cached in RUN/scored/)")
     e.set_defaults(func=cmd_evaluate)
 
     from core.projection import ProjectionConfig
@@ -281,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_anounet)
 
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
-    b.add_argument("what", choices=["train", "project", "anounet"])
+    b.add_argument("what", choices=["train", "project", "anounet", "threshold"])
     b.add_argument("--data", default="builtin:synthetic")
     b.add_argument("--category")
     b.add_argument("--size", type=int, default=128)
@@ -294,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fnet", help="anounet: an f-Net run (default an untrained f-Net: timing does not depend on weights)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    from core.labels_cli import add_labels_parser  # labels export|import|stats (functions in core/labels_cli.py)
+
+    add_labels_parser(sub)
     return p
 
 

@@ -9,10 +9,15 @@ U-Net, f-Net and epochs, early stop and guard off; plus peak memory per image (s
 article writes it (PIL decode + torchvision transforms in a DataLoader every epoch, fp32 NCHW,
 ``loss.item()`` every batch), same model, data, batch size and epochs. Optionally both are trained
 longer and their test image AUROC compared.
+
+``threshold``: milliseconds per threshold change of the ROC/threshold explorer (every metric the page
+shows, from the precomputed curves of :mod:`core.explorer`) against recomputing them from the raw
+scores and maps (see :func:`bench_threshold`).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import replace
@@ -142,6 +147,8 @@ def run(what: str, **kwargs: Any) -> dict[str, Any]:
     if what == "anounet":
         return bench_anounet(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("epochs") or 30,
                              kwargs.get("k") or 8, kwargs.get("fnet"))
+    if what == "threshold":
+        return bench_threshold()
     raise ValueError(f"unknown benchmark {what!r}")
 
 
@@ -397,3 +404,109 @@ def gaussian_blur_map(x: torch.Tensor, y: torch.Tensor, sigma: float) -> np.ndar
 
     return gaussian_blur((x - y).abs().mean(1), sigma)[0].float().numpy()
 
+
+def bench_threshold(n: int = 10_000, changes: int = 200, n_maps: int = 100, map_size: int = 128, seed: int = 0) -> dict[str, Any]:
+    """Server time of one threshold change in the explorer: precomputed curves vs. recomputing from raw data.
+
+    Data (synthetic, seeded): ``n`` image scores (10 % defective, shifted by 1.5 sd) and ``n_maps``
+    anomaly maps of ``map_size`` px with a square defect mask on half of them (float16, as cached).
+    Per change, both sides produce what the page shows: confusion / rates / cost per 1,000
+    (``operating_point`` vs. :func:`core.metrics.confusion_at`), the full false-positive and
+    false-negative lists in display order, the 12 images closest to the threshold, the iso-cost line
+    and pixel precision / recall / F1 / IoU at a pixel threshold (histograms vs. comparing every
+    pixel). Both see the same ``changes`` random image and pixel thresholds; the image-level outputs
+    are checked to be identical and the largest pixel F1 difference is reported (0: float16 maps are
+    histogrammed over their distinct values, so pixel counts are exact).
+    """
+    from core import explorer as ex
+
+    rng = np.random.default_rng(seed)
+    n_pos = n // 10
+    labels = np.r_[np.zeros(n - n_pos, np.int64), np.ones(n_pos, np.int64)]
+    scores = np.r_[rng.normal(0.0, 1.0, n - n_pos), rng.normal(1.5, 1.0, n_pos)]
+    maps = np.abs(rng.normal(0.0, 0.1, (n_maps, map_size, map_size))).astype(np.float32)
+    masks = np.zeros(maps.shape, bool)
+    for i in range(0, n_maps, 2):
+        side = int(rng.integers(map_size // 16, map_size // 4))
+        y0, x0 = (int(v) for v in rng.integers(0, map_size - side, 2))
+        masks[i, y0 : y0 + side, x0 : x0 + side] = True
+    maps[masks] += np.abs(rng.normal(0.25, 0.15, int(masks.sum()))).astype(np.float32)
+    maps = maps.astype(np.float16)
+    maps32 = maps.astype(np.float32)  # the reference keeps float32 maps (no conversion inside the timing)
+    costs = ex.Costs(cost_fp=1.0, cost_fn=20.0, cost_review=0.2)
+
+    t0 = time.perf_counter()
+    curves = ex.build_curves(scores, labels)
+    t_curves = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pc = ex.build_pixel_curves(maps, masks)
+    t_pixel = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex.build_pixel_curves(maps, masks, pro=False)
+    t_pixel_hist = time.perf_counter() - t0
+    assert pc is not None
+
+    thresholds = rng.uniform(scores.min() - 0.1, scores.max() + 0.1, changes)
+    # float32 values, so that the reference's float32 comparison is exact
+    pixel_thresholds = rng.uniform(float(maps32.min()), float(maps32.max()), changes).astype(np.float32)
+
+    def ours(t: float, pt: float) -> tuple:
+        op = ex.operating_point(curves, t, costs)
+        fp = ex.false_positives(curves, t)
+        fn = ex.false_negatives(curves, t)
+        near = ex.closest_to_threshold(curves, t, 12)
+        line = ex.iso_cost_line(curves, costs, t)
+        px = ex.pixel_metrics(pc, pt)
+        return op, fp, fn, near, line, px
+
+    def reference(t: float, pt: float) -> tuple:
+        conf = metrics.confusion_at(scores, labels, t)
+        op = {**conf.as_dict(), "cost_per_1000": ex.expected_cost_per_1000(conf.tp, conf.fp, conf.fn, conf.n, costs)}
+        flagged = scores >= t
+        fp = np.flatnonzero(flagged & (labels == 0))
+        fp = fp[np.lexsort((fp, -scores[fp]))]
+        fn = np.flatnonzero(~flagged & (labels == 1))
+        fn = fn[np.lexsort((fn, scores[fn]))]
+        near = np.lexsort((np.arange(n), np.abs(scores - t)))[:12]
+        dx = (costs.cost_fn - costs.cost_review) * (conf.tp + conf.fn)
+        dy = (costs.cost_fp + costs.cost_review) * (conf.fp + conf.tn)
+        line = (conf.fpr, conf.tpr, dy / dx)
+        pred = maps32 >= pt
+        tp_px = int(np.count_nonzero(pred & masks))
+        fp_px = int(np.count_nonzero(pred & ~masks))
+        fn_px = int(np.count_nonzero(~pred & masks))
+        px = {"precision": tp_px / max(1, tp_px + fp_px), "recall": tp_px / max(1, tp_px + fn_px),
+              "f1": 2 * tp_px / max(1, 2 * tp_px + fp_px + fn_px), "iou": tp_px / max(1, tp_px + fp_px + fn_px)}
+        return op, fp, fn, near, line, px
+
+    for k in range(3):  # warm-up
+        ours(thresholds[k], pixel_thresholds[k])
+        reference(thresholds[k], pixel_thresholds[k])
+    ours_ms, ref_ms, mismatches, f1_diff = [], [], 0, 0.0
+    for t, pt in zip(thresholds, pixel_thresholds):
+        a = time.perf_counter()
+        o = ours(float(t), float(pt))
+        b = time.perf_counter()
+        r = reference(float(t), float(pt))
+        c = time.perf_counter()
+        ours_ms.append(1e3 * (b - a))
+        ref_ms.append(1e3 * (c - b))
+        same = (all(o[0][key] == r[0][key] for key in r[0]) and np.array_equal(o[1], r[1]) and np.array_equal(o[2], r[2])
+                and np.array_equal(o[3], r[3]) and math.isclose(o[4]["slope"], r[4][2]) and o[4]["point"] == r[4][:2])
+        mismatches += not same
+        f1_diff = max(f1_diff, abs(o[5]["f1"] - r[5]["f1"]))
+    ours_mean, ref_mean = float(np.mean(ours_ms)), float(np.mean(ref_ms))
+    return {
+        "benchmark": "threshold",
+        "n_scores": n, "n_defective": n_pos, "changes": changes, "pixel_maps": n_maps, "map_size": map_size,
+        "pixels": int(maps.size), "pixel_grid_values": int(pc.grid.size - 1),
+        "ours_ms_per_change": ours_mean, "ours_ms_per_change_p95": float(np.percentile(ours_ms, 95)),
+        "reference_ms_per_change": ref_mean, "reference_ms_per_change_p95": float(np.percentile(ref_ms, 95)),
+        "speedup": ref_mean / ours_mean, "target_ms_per_change": 50.0,
+        "precompute_curves_ms": 1e3 * t_curves, "precompute_pixel_ms": 1e3 * t_pixel,
+        "precompute_pixel_histogram_only_ms": 1e3 * t_pixel_hist,
+        "image_level_mismatches": mismatches, "max_pixel_f1_difference": f1_diff,
+        "note": "per change: operating point + cost, full FP/FN lists, 12 closest, iso-cost line, pixel P/R/F1/IoU; "
+                "precompute_curves includes the 1,000-resample bootstrap AUROC CI, precompute_pixel the PRO curve, "
+                "AUPRO and pixel AUROC; page rendering (plots, thumbnails) not included",
+    }

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,27 +10,6 @@ import pytest
 from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="session")
-def server_vae_run(app_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny VAE trained inside the server's workspace (the app_server fixture makes "e2e_workspace*")."""
-    from core.train import TrainConfig, fit
-
-    found = sorted(tmp_path_factory.getbasetemp().glob("e2e_workspace*"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        pytest.fail("the app_server fixture's workspace was not found under the pytest base temp folder")
-    old = os.environ.get("ANOMALYLAB_HOME")
-    os.environ["ANOMALYLAB_HOME"] = str(found[-1])
-    try:
-        run_dir = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="vae", size=32, z_dim=16, base_channels=8,
-                                  epochs=1, device="cpu"))
-    finally:
-        if old is None:
-            os.environ.pop("ANOMALYLAB_HOME", None)
-        else:
-            os.environ["ANOMALYLAB_HOME"] = old
-    yield run_dir
 
 
 def test_projection_runs_and_animates_in_the_browser(page, app_server: str, server_vae_run: Path) -> None:

@@ -1,0 +1,138 @@
+"""AppTest of the Threshold page with two runs on the same test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import explorer as ex
+from core.train import TrainConfig, fit
+from views import explorer, ui
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "views/explorer.py"
+
+
+@pytest.fixture(scope="module")
+def two_runs() -> tuple[Path, Path]:
+    a = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="ae", size=32, base_channels=4, depth=3, epochs=2,
+                        device="cpu"))
+    b = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="vae", size=32, z_dim=8, base_channels=8, epochs=1,
+                        device="cpu"))
+    return a, b
+
+
+def _open(run_id: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page(PAGE).run()
+    at.selectbox(key=ui.KEY_SOURCE).set_value("builtin:synthetic").run()
+    at.selectbox(key=ui.KEY_CATEGORY).set_value("bottle").run()
+    at.selectbox(key=ui.KEY_RUN).set_value(run_id).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _roc(at: AppTest) -> dict:
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return next(c for c in charts if "false-alarm" in str(c["layout"]["xaxis"]["title"]))
+
+
+def test_threshold_page_rules_comparison_and_consequences(two_runs: tuple[Path, Path]) -> None:
+    a, b = two_runs
+    at = _open(a.name)
+    assert at.title[0].value == "Threshold"
+    ss = ex.scored_set(a)
+    curves = ex.curves_for(ss)
+    assert at.selectbox(key=explorer.KEY_RULE).value == "f1"
+    assert at.session_state[explorer.KEY_T] == pytest.approx(curves.f1_threshold)
+    op = ex.operating_point(curves, curves.f1_threshold)
+    assert _metric(at, "Defects caught (TPR)") == f"{op['tpr']:.1%}"
+    assert _metric(at, "Flagged") == f"{op['flagged']} of {op['n']}"
+
+    # A second run on the same ROC, with its AUROC and bootstrap interval in the legend.
+    at.multiselect(key=explorer.KEY_COMPARE).set_value([f"{b.name}|reconstruction"]).run()
+    assert not at.exception, at.exception
+    names = [t.get("name", "") for t in _roc(at)["data"]]
+    assert sum("AUROC" in n for n in names) == 2 and all("[" in n for n in names if "AUROC" in n)
+
+    # Target false-alarm rate: the threshold flags at most that share of good images.
+    at.selectbox(key=explorer.KEY_RULE).set_value("fpr").run()
+    at.number_input(key=explorer.KEY_FPR).set_value(10.0).run()
+    t = at.session_state[explorer.KEY_T]
+    assert t == pytest.approx(ex.choose_threshold(curves, "fpr", target_fpr=0.10))
+    assert ex.operating_point(curves, t)["fpr"] <= 0.10
+    assert float(_metric(at, "False alarms (FPR)").rstrip("%")) <= 10.0
+
+    # Minimum expected cost, with the costs typed in.
+    at.selectbox(key=explorer.KEY_RULE).set_value("cost").run()
+    at.number_input(key=explorer.KEY_COST_FN).set_value(50.0).run()
+    costs = ex.Costs(1.0, 50.0, 0.0)
+    t = at.session_state[explorer.KEY_T]
+    assert t == pytest.approx(ex.choose_threshold(curves, "cost", costs=costs))
+    assert _metric(at, "Cost per 1,000 parts") == f"{ex.operating_point(curves, t, costs)['cost_per_1000']:,.0f}"
+    assert any(tr.get("name") == "equal expected cost" for tr in _roc(at)["data"])
+
+    # Presets of the article's two ways of use.
+    at.selectbox(key=explorer.KEY_RULE).set_value("preset:anything_unusual").run()
+    assert ex.operating_point(curves, at.session_state[explorer.KEY_T])["tpr"] >= 0.99
+
+    # Typing a threshold switches to manual and moves every consequence.
+    mid = float(sorted(ss.scores)[len(ss.scores) // 2])
+    at.number_input(key=explorer.KEY_TYPED).set_value(mid).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=explorer.KEY_RULE).value == "manual"
+    assert at.session_state[explorer.KEY_T] == pytest.approx(mid)
+    op = ex.operating_point(curves, mid)
+    assert _metric(at, "Flagged") == f"{op['flagged']} of {op['n']}"
+    tabs = [t.label for t in at.tabs]
+    assert f"False alarms ({op['fp']})" in tabs and f"Misses ({op['fn']})" in tabs
+
+    # The slider too.
+    at.slider(key=explorer.KEY_SLIDER).set_value(float(curves.score_max)).run()
+    assert at.session_state[explorer.KEY_T] == pytest.approx(float(curves.score_max), rel=1e-3)
+
+    # Pixel level: metrics at the pixel threshold.
+    assert {"Pixel F1", "IoU", "AUPRO"} <= {m.label for m in at.metric}
+
+
+def test_threshold_page_decision_record_round_trip_and_mismatch(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = two_runs
+    at = _open(a.name)
+    at.selectbox(key=explorer.KEY_RULE).set_value("tpr").run()
+    at.number_input(key=explorer.KEY_MISS).set_value(20.0).run()
+    t = at.session_state[explorer.KEY_T]
+    labels = [d.proto.label for d in at.get("download_button")]
+    assert labels == ["Download JSON", "Download CSV"]
+    ss = ex.scored_set(a)
+    record = ex.decision_record(ss, t, rule="tpr", target_tpr=0.8, costs={"cost_fp": 1, "cost_fn": 10})
+
+    # Import restores the choice on a fresh page.
+    at2 = _open(a.name)
+    _upload(at2, "decision.json", ex.record_to_json(record).encode())
+    assert at2.selectbox(key=explorer.KEY_RULE).value == "tpr"
+    assert at2.number_input(key=explorer.KEY_MISS).value == pytest.approx(20.0)
+    assert at2.session_state[explorer.KEY_T] == pytest.approx(t)
+    assert any("restored" in s.value for s in at2.success)
+
+    # A record of another run says so.
+    other = ex.decision_record(ex.scored_set(b), 0.5, rule="manual")
+    _upload(at2, "other.csv", ex.record_to_csv(other).encode())
+    assert any("does not match" in w.value for w in at2.warning)
+    assert at2.selectbox(key=explorer.KEY_RULE).value == "manual"
+
+    # Garbage is refused with a message.
+    _upload(at2, "notes.json", b"{not json")
+    assert any("not a decision record" in e.value for e in at2.error)
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> None:
+    mime = "text/csv" if name.endswith(".csv") else "application/json"
+    at.file_uploader(key=explorer.KEY_RECORD).set_value((name, data, mime)).run()
+    assert not at.exception, at.exception
