@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cost-fp", dest="cost_fp", type=float, help="cost of a false alarm")
     e.add_argument("--cost-fn", dest="cost_fn", type=float, help="cost of a miss")
     e.add_argument("--cost-review", dest="cost_review", type=float, help="cost of reviewing a flagged part (default 0)")
-    e.add_argument("--detector", choices=["auto", "reconstruction", "projection", "fnet"], default="auto",
+    e.add_argument("--detector", choices=["auto", "reconstruction", "projection", "fnet", "anounet"], default="auto",
                    help="scores to choose on (projection: the iterative projection's maps; cached in RUN/scored/)")
     e.set_defaults(func=cmd_evaluate)
 

@@ -450,6 +450,7 @@ class AnoUnet:
             np.asarray(info["pixel_change"], np.float32), int(epochs), reason, time.monotonic() - info["started"],
         )
 
+    @torch.enable_grad()  # optimizes G: works inside a caller's no_grad (e.g. core.evaluate.score_split)
     def run(
         self, images: torch.Tensor, *, progress: ProgressFn | None = None, stop: threading.Event | None = None,
         preview_every: int = 1,

@@ -47,7 +47,8 @@ __all__ = [
     "segmentation_overlay", "summary",
 ]
 
-DETECTORS = ("reconstruction", "projection", "fnet")
+DETECTORS = ("reconstruction", "projection", "fnet", "anounet")
+FNET_DETECTORS = ("fnet", "anounet")  # detectors of an f-Net run
 RULES = ("f1", "youden", "fpr", "tpr", "cost")
 SCORED_DIR = "scored"
 SCORED_FORMAT = "anomalylab-scored/1"
@@ -371,8 +372,8 @@ def _resolve_detector(detector: str, cfg: dict[str, Any], run_dir: Path) -> str:
         return "fnet" if model == "fnet" else "reconstruction"
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)} (or auto), got {detector!r}")
-    if (model == "fnet") != (detector == "fnet"):
-        raise ValueError(f"{run_dir.name} is an f-Net run: use detector fnet" if model == "fnet" else
+    if (model == "fnet") != (detector in FNET_DETECTORS):
+        raise ValueError(f"{run_dir.name} is an f-Net run: use detector fnet or anounet" if model == "fnet" else
                          f"{run_dir.name} is a reconstruction run ({model}): use detector reconstruction or projection")
     return detector
 
@@ -433,6 +434,12 @@ def _score(run_dir: Path, detector: str, pcfg: Any, device: str, batch_size: int
 
         run = load_fnet(run_dir, dev)
         det: Any = FNetDetector(run.model)
+    elif detector == "anounet":  # one U-Net per image (core.anounet, default settings), its results cached per image
+        from core.anounet import AnoUnet, AnoUnetConfig
+        from core.fnet import load_fnet
+
+        run = load_fnet(run_dir, dev)
+        det = AnoUnet(run.model, AnoUnetConfig(), device=dev, cache=True)
     else:
         from core.runs import load_run
 
@@ -446,12 +453,12 @@ def _score(run_dir: Path, detector: str, pcfg: Any, device: str, batch_size: int
     index, split = load_test_split(run)
     if len(split) == 0:
         raise ValueError(f"the test split of {run.config.data} has no readable image")
-    bs = batch_size or (16 if detector == "projection" else 32)
+    bs = batch_size or (16 if detector == "projection" else 8 if detector == "anounet" else 32)
     scored = score_split(det, split, batch_size=bs, device=dev, progress=progress)
     maps = None
     if detector != "fnet":  # the f-Net's map is its score broadcast: nothing to localize
         maps = np.clip(scored.maps, -65000, 65000).astype(np.float16)
-    meta = {"score_mode": "fnet_distance" if detector == "fnet" else run.config.score_mode, "size": run.config.size,
+    meta = {"score_mode": {"fnet": "fnet_distance", "anounet": "anounet_topk"}.get(detector, run.config.score_mode), "size": run.config.size,
             "model": run.config.model, "data_seed": run.config.data_seed, "n_skipped": len(split.skipped),
             "projection": asdict(pcfg) if pcfg is not None else None}
     return ScoredSet.from_split(run.id, detector, split, index.root, scored.scores, maps,

@@ -59,7 +59,9 @@ RULE_LABELS = {
     "preset:first_screen": f"Preset: {ex.PRESETS['first_screen'].title}",
     "preset:anything_unusual": f"Preset: {ex.PRESETS['anything_unusual'].title}",
 }
-DETECTOR_LABELS = {"reconstruction": "reconstruction error", "projection": "iterative projection", "fnet": "f-Net distance to C"}
+DETECTOR_LABELS = {"reconstruction": "reconstruction error", "projection": "iterative projection", "fnet": "f-Net distance to C",
+                   "anounet": "Ano-Unet map"}
+BACKGROUND_DETECTORS = ("projection", "anounet")  # scored in a background job (seconds to minutes), then cached
 SLIDER_STEPS = 1000
 GALLERY_MAX = 24
 GALLERY_COLS = 6
@@ -79,7 +81,7 @@ def entry_options(runs: list[dict]) -> list[str]:
     out = []
     for r in runs:
         if r["config"].get("model") == "fnet":
-            out.append(f"{r['id']}|fnet")
+            out += [f"{r['id']}|fnet", f"{r['id']}|anounet"]
         else:
             out += [f"{r['id']}|reconstruction", f"{r['id']}|projection"]
     return out
@@ -94,8 +96,8 @@ def entry_label(entry: str, by_id: dict[str, dict]) -> str:
 def load_scored(run_dir: Path, detector: str) -> ex.ScoredSet | None:
     """The cached scored set, computing reconstruction / f-Net scores here (a forward pass) and
     projection scores in a background job; None (after saying so) while that job runs or on error."""
-    if detector == "projection" and not ex.scored_set_path(run_dir, detector).exists():
-        return _projection_job(run_dir)
+    if detector in BACKGROUND_DETECTORS and not ex.scored_set_path(run_dir, detector).exists():
+        return _scoring_job(run_dir, detector)
     try:
         with st.spinner(f"Scoring the test images of {run_dir.name}…"):
             return ex.scored_set(run_dir, detector)
@@ -104,30 +106,31 @@ def load_scored(run_dir: Path, detector: str) -> ex.ScoredSet | None:
         return None
 
 
-def _projection_job(run_dir: Path) -> None:
+def _scoring_job(run_dir: Path, detector: str) -> None:
     registry = ui.job_registry()
-    job_id = f"scoring-{run_dir.name}-projection"
+    job_id = f"scoring-{run_dir.name}-{detector}"
+    what = DETECTOR_LABELS[detector]
     job = registry.get(job_id)
     if job is None or (not job.snapshot().running and job.snapshot().status != "finished"):
 
         def task(ctx: Any) -> dict:
-            ex.scored_set(run_dir, "projection", progress=lambda i, n: ctx.update(done=i, total=n))
+            ex.scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
             return {}
 
         try:
-            registry.start("scoring", f"Projection scores · {run_dir.name}", task, job_id=job_id, done=0, total=0)
+            registry.start("scoring", f"{what} scores · {run_dir.name}", task, job_id=job_id, done=0, total=0)
         except ValueError:
             pass
 
     def draw(job: Any, snap: Any) -> None:
         done, total = int(snap.state.get("done", 0)), int(snap.state.get("total", 0) or 1)
-        st.progress(min(1.0, done / total), text=f"Scoring the test set of {run_dir.name} by iterative projection: "
+        st.progress(min(1.0, done / total), text=f"Scoring the test set of {run_dir.name} ({what}): "
                                                   f"{done}/{snap.state.get('total') or '…'} images · {snap.seconds:.0f} s "
                                                   "(once; then cached in the run folder)")
 
     snap = registry.get(job_id).snapshot()
     if snap.status == "failed":
-        st.error(f"Projection scoring of {run_dir.name} failed: {snap.error}")
+        st.error(f"Scoring {run_dir.name} ({what}) failed: {snap.error}")
     elif snap.running:
         ui.live_job(job_id, draw)
     return None
@@ -499,8 +502,9 @@ def main() -> None:
         st.session_state[KEY_DETECTOR] = primary_opts[0]
     primary = c1.selectbox("Detector of the sidebar run", primary_opts, key=KEY_DETECTOR,
                            format_func=lambda e: DETECTOR_LABELS[e.split("|")[1]],
-                           help="Reconstruction error, or the iterative projection's map (scored once in the background, "
-                                "then cached in the run folder).")
+                           help="Reconstruction error or the iterative projection's map (AE/VAE runs), the distance to C "
+                                "or the Ano-Unet map (f-Net runs). Projection and Ano-Unet are scored once in the background, "
+                                "then cached in the run folder.")
     others = [o for o in options if o != primary]
     if not isinstance(st.session_state.get(KEY_COMPARE), list) or not set(st.session_state[KEY_COMPARE]) <= set(others):
         st.session_state[KEY_COMPARE] = [o for o in st.session_state.get(KEY_COMPARE) or [] if o in others]

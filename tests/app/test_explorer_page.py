@@ -136,3 +136,21 @@ def _upload(at: AppTest, name: str, data: bytes) -> None:
     mime = "text/csv" if name.endswith(".csv") else "application/json"
     at.file_uploader(key=explorer.KEY_RECORD).set_value((name, data, mime)).run()
     assert not at.exception, at.exception
+
+
+def test_threshold_page_compares_fnet_and_anounet_detectors(two_runs: tuple[Path, Path]) -> None:
+    a, _ = two_runs
+    fnet = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="fnet", size=32, base_channels=4, fnet_stages=3,
+                           fnet_embed_dim=8, fnet_references="paste", epochs=1, batch_size=32, device="cpu"))
+    at = _open(a.name)
+    at.multiselect(key=explorer.KEY_COMPARE).set_value([f"{fnet.name}|fnet", f"{fnet.name}|anounet"]).run()
+    assert not at.exception, at.exception
+    job = ui.job_registry().get(f"scoring-{fnet.name}-anounet")  # Ano-Unet over the test set runs in the background
+    assert job is not None and job.join(300) and job.snapshot().status == "finished", job.snapshot().error
+    at.run()
+    assert not at.exception, at.exception
+    names = [t.get("name", "") for t in _roc(at)["data"]]
+    assert sum("AUROC" in n for n in names) == 3
+    assert any("Ano-Unet map" in n for n in names) and any("f-Net distance" in n for n in names)
+    ss = ex.scored_set(fnet, "anounet")
+    assert ss.maps is not None and ss.maps.shape[1:] == (32, 32) and ex.pixel_curves(ss) is not None
