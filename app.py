@@ -12,6 +12,7 @@ PAGES = [
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     st.Page("views/results.py", title="Results", icon=":material/insights:"),
     st.Page("views/explorer.py", title="Threshold", icon=":material/tune:", url_path="threshold"),
+    st.Page("views/labeling.py", title="Label", icon=":material/label:", url_path="label"),
     st.Page("views/projection.py", title="Projection", icon=":material/animation:"),
     st.Page("views/anounet.py", title="Ano-Unet", icon=":material/auto_fix_high:"),
     st.Page("views/try_image.py", title="Try your image", icon=":material/upload:"),

@@ -87,13 +87,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.fnet import evaluate_any
 
     rule = {k: getattr(args, k, None) for k in ("rule", "target_fpr", "target_tpr", "cost_fp", "cost_fn", "cost_review")}
-    if any(v is not None for v in rule.values()) or args.detector != "auto":
+    extended = any(v is not None for v in rule.values()) or args.detector != "auto" or args.labels != "dataset"
+    if extended:
         from core.explorer import check_rule_options, evaluate_with_rule
 
         check_rule_options(**rule)  # fail fast, before scoring
     m = evaluate_any(args.run_dir, device=args.device, strips=not args.no_strips)
-    if any(v is not None for v in rule.values()) or args.detector != "auto":
-        m = evaluate_with_rule(args.run_dir, m, detector=args.detector, device=args.device, **rule)
+    if extended:
+        m = evaluate_with_rule(args.run_dir, m, detector=args.detector, device=args.device, labels=args.labels, **rule)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
     else:
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cost-fp", dest="cost_fp", type=float, help="cost of a false alarm")
     e.add_argument("--cost-fn", dest="cost_fn", type=float, help="cost of a miss")
     e.add_argument("--cost-review", dest="cost_review", type=float, help="cost of reviewing a flagged part (default 0)")
+    e.add_argument("--labels", choices=["dataset", "mine", "merged"], default="dataset",
+                   help="labels to measure with: the dataset's folders, the label store's (python -m core labels), or "
+                        "the store's where present, else the dataset's")
     e.add_argument("--detector", choices=["auto", "reconstruction", "projection", "fnet", "anounet"], default="auto",
                    help="scores to choose on (projection: the iterative projection's maps; cached in RUN/scored/)")
     e.set_defaults(func=cmd_evaluate)

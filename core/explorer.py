@@ -1514,8 +1514,13 @@ def evaluate_with_rule(
     cost_fp: float | None = None,
     cost_fn: float | None = None,
     cost_review: float | None = None,
+    labels: str = "dataset",
 ) -> dict[str, Any]:
     """``evaluate``'s result dict extended with the operating point a rule picks.
+
+    ``labels`` (``dataset``, ``mine`` or ``merged``) takes the labels from the label store
+    (:func:`core.labels.relabel_scored`): every metric is then recomputed with them, and
+    ``label_source``, ``n_unknown`` and ``label_disagreements`` are added.
 
     Every key of ``base`` stays. Added: ``detector``, ``image_auroc_ci``; with a rule: ``rule``,
     ``threshold`` (the chosen one; ``f1_max_threshold`` keeps the F1-max one), the rule's parameters
@@ -1527,9 +1532,15 @@ def evaluate_with_rule(
     check_rule_options(rule, target_fpr=target_fpr, target_tpr=target_tpr, cost_fp=cost_fp, cost_fn=cost_fn,
                        cost_review=cost_review)
     ss = scored_set(run_dir, detector, device=device)
-    c = curves_for(ss)
     out = dict(base)
     own = ss.detector in ("reconstruction", "fnet")
+    if labels != "dataset":
+        from core.labels import relabel_scored
+
+        ss, eff = relabel_scored(ss, labels)
+        own = False  # the run's metrics.json used the dataset's labels: recompute
+        out.update(label_source=labels, label_disagreements=eff.disagreements)
+    c = curves_for(ss)
     if not own:
         out.update(summary(ss, c))
     out.update(detector=ss.detector, image_auroc_ci=list(c.auroc_ci) if c.auroc_ci else None)

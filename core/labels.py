@@ -1189,3 +1189,31 @@ def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore 
         raise
     summary["test"] = dict(sorted(counts.items()))
     return summary
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def relabel_scored(ss: Any, source: str = "merged", store: LabelStore | None = None,
+                   index: DatasetIndex | None = None) -> tuple[Any, EffectiveLabels]:
+    """A :class:`core.explorer.ScoredSet` with its labels taken from ``source`` (dataset / mine / merged).
+
+    Labels, defect types and painted masks (resized nearest-neighbour to the maps' size) of the label
+    store override the dataset's ground truth for ``mine`` and ``merged``; images without a known label
+    get -1 and drop out of every metric. Returns the relabeled set and the :class:`EffectiveLabels`
+    (for counts such as ``disagreements``).
+    """
+    from core.data.builtin import open_dataset
+
+    seed = int((ss.meta or {}).get("data_seed") or 0)
+    index = index if index is not None else open_dataset(ss.data, ss.category or None, seed=seed)
+    eff = effective_labels(index, "test", source, store, dataset=dataset_key(ss.data, ss.category or None, seed=seed))
+    known = set(ss.paths)
+    labels = {p: int(v) for p, v in zip(eff.relpaths, eff.labels) if p in known}
+    defects = {p: (d if d is not None else "unknown") for p, d in zip(eff.relpaths, eff.defects) if p in known}
+    masks: dict[str, np.ndarray | None] = {}
+    if source != "dataset" and ss.maps is not None:
+        size = tuple(ss.maps.shape[1:])
+        for i, p in enumerate(eff.relpaths):
+            png = eff.painted_mask(i)
+            if png is not None and p in known:
+                masks[p] = decode_mask(png, size)
+    return ss.with_labels(labels, defects=defects, masks=masks or None), eff

@@ -513,6 +513,7 @@ def main() -> None:
     ss = load_scored(run.path, primary.split("|")[1])
     if ss is None:
         return
+    ss = ui.relabeled(ss, sel)
     curves = ex.curves_for(ss)
     if curves.n_pos == 0 or curves.n_neg == 0:
         st.warning("The test set needs both good and defective images with labels to choose a threshold.")
@@ -521,6 +522,7 @@ def main() -> None:
     for e in compare:
         other = load_scored(Path(by_id[e.split("|")[0]]["path"]), e.split("|")[1])
         if other is not None:
+            other = ui.relabeled(other, sel)
             if other.fingerprint_data() != ss.fingerprint_data():
                 st.warning(f"{entry_label(e, by_id)} was scored on a different test set: left out.")
                 continue

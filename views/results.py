@@ -153,11 +153,13 @@ def fmt_score(value: float | None) -> str:
 # --------------------------------------------------------------------------- sections
 def draw_header(run: LoadedRun, view: dict[str, Any]) -> None:
     cfg = run.config
-    n, n_def = len(view["scores"]), int(view["labels"].sum())
+    n, n_def, n_unknown = len(view["scores"]), int((view["labels"] == 1).sum()), int((view["labels"] < 0).sum())
     st.caption(
         f"Run `{run.id}` · {cfg.model.upper()} · {cfg.data} / {cfg.category} · {cfg.size} px, "
         f"{cfg.channels} channel{'s' if cfg.channels != 1 else ''} · best epoch {run.epoch} · "
-        f"score: {cfg.score_mode} · {n} test images ({n_def} defective)"
+        f"score: {cfg.score_mode} · {n} test images ({n_def} defective"
+        + (f", {n_unknown} without a label: left out of the metrics" if n_unknown else "") + ")"
+        + (f" · labels: {ui.LABEL_SOURCE_NAMES[view['label_source']]}" if view.get("label_source") else "")
     )
     if view["skipped"]:
         with st.expander(f"{len(view['skipped'])} test file(s) could not be read and were skipped"):
@@ -306,14 +308,29 @@ def draw_latent(run: LoadedRun) -> None:
                    f"{ylab} {y1:.2f} … {y0:.2f} top to bottom; the 1st–99th percentile of the codes).")
 
 
+def with_label_source(view: dict[str, Any], run: LoadedRun, sel: ui.Selection) -> dict[str, Any]:
+    """The test view with the sidebar's label source applied: labels, defect types, masks and metrics."""
+    from core.explorer import ScoredSet, summary
+
+    ss = ScoredSet(run.id, "reconstruction", tuple(view["names"]), tuple(view["defects"]), view["labels"], view["scores"],
+                   view["maps"], view["masks"], view["has_mask"], data=run.config.data, category=run.config.category or "",
+                   meta={"data_seed": run.config.data_seed})
+    ss = ui.relabeled(ss, sel)
+    return dict(view, labels=ss.labels, defects=list(ss.defects), masks=ss.masks, has_mask=ss.has_mask, metrics=summary(ss),
+                label_source=sel.label_source)
+
+
 def main() -> None:
     st.title("Results")
-    run = ui.require_run(ui.selection())
+    sel = ui.selection()
+    run = ui.require_run(sel)
     if run is None:
         return
     view = load_test_view(run)
     if view is None:
         return
+    if sel.label_source != "dataset":
+        view = with_label_source(view, run, sel)
     draw_header(run, view)
     draw_metrics(view)
     names = ["Test images", "Score distribution"]

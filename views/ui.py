@@ -19,7 +19,9 @@ import streamlit as st
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.index import DatasetError, DatasetIndex
 from core.images import ImageError, read_image, resize, to_channels
+from core.explorer import ScoredSet
 from core.jobs import Job, JobRegistry, JobSnapshot
+from core.labels import EffectiveLabels, LabelStore, dataset_key, effective_labels, relabel_scored
 from core.models import RECONSTRUCTION_MODELS
 from core.runs import CONFIG_FILE, METRICS_FILE, LoadedRun, RunError, list_runs, load_run, read_history
 from core.workspace import AccessError, check_allowed, default_allowed_roots
@@ -29,6 +31,8 @@ KEY_SOURCE = "sidebar_source"
 KEY_CUSTOM_PATH = "sidebar_custom_path"
 KEY_CATEGORY = "sidebar_category"
 KEY_RUN = "sidebar_run"
+KEY_LABEL_SOURCE = "sidebar_label_source"
+LABEL_SOURCE_NAMES = {"dataset": "Dataset folders", "mine": "My labels", "merged": "Merged: mine override"}
 KEY_TRAIN_JOB = "train_job_id"
 PERSIST_PREFIX = "_kept_"
 CUSTOM_SOURCE = "Custom folder…"
@@ -42,6 +46,7 @@ class Selection:
     category: str | None
     run_dir: Path | None
     error: str | None = None
+    label_source: str = "dataset"  # where metrics take their labels from (core.labels.LABEL_SOURCES)
 
 
 def allowed_roots() -> list[Path]:
@@ -153,9 +158,33 @@ def sidebar() -> Selection:
 
     Every page calls this once, first (via :func:`selection`).
     """
-    for key in (KEY_SOURCE, KEY_CUSTOM_PATH, KEY_CATEGORY, KEY_RUN):
+    for key in (KEY_SOURCE, KEY_CUSTOM_PATH, KEY_CATEGORY, KEY_RUN, KEY_LABEL_SOURCE):
         _restore(key)
-    return _sidebar()
+    sel = _sidebar()
+    if sel.data is None:
+        return sel
+    from dataclasses import replace
+
+    return replace(sel, label_source=_label_source_picker(sel.data, sel.category))
+
+
+def _label_source_picker(data: str, category: str | None) -> str:
+    """Which labels the metrics use, with the count of my labels that disagree with the dataset's."""
+    with st.sidebar:
+        if st.session_state.get(KEY_LABEL_SOURCE) not in LABEL_SOURCE_NAMES:
+            st.session_state[KEY_LABEL_SOURCE] = "dataset"
+        source = st.selectbox("Labels for the metrics", list(LABEL_SOURCE_NAMES), key=KEY_LABEL_SOURCE,
+                              format_func=LABEL_SOURCE_NAMES.get, on_change=_remember, args=(KEY_LABEL_SOURCE,),
+                              help="Dataset folders: the ground truth of the folder layout. My labels: only images labeled on "
+                                   "the Label page (unlabeled and unsure images are left out). Merged: my label where I gave one, "
+                                   "else the dataset's. Results, Threshold and `python -m core evaluate --labels` follow it.")
+        try:
+            eff = effective_labels_for(data, category, "merged")
+        except (DatasetError, OSError, ValueError):
+            return source
+        if eff.n_mine:
+            st.caption(f"{eff.n_mine} image(s) labeled by hand · **{eff.disagreements}** disagree with the dataset's folders")
+    return source
 
 
 def _sidebar() -> Selection:
@@ -295,3 +324,22 @@ def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float
         draw(job, snap)
 
     _live()
+
+
+@st.cache_resource
+def label_store() -> LabelStore:
+    """The workspace's label database (SQLite; safe to share: every call opens its own connection)."""
+    return LabelStore()
+
+
+def effective_labels_for(data: str, category: str | None, source: str) -> EffectiveLabels:
+    """The test split's labels from ``source``, read from the label store now (never cached: labels change)."""
+    index = dataset_index(data, category)
+    return effective_labels(index, "test", source, label_store(), dataset=dataset_key(data, category), with_masks=False)
+
+
+def relabeled(ss: ScoredSet, sel: Selection) -> ScoredSet:
+    """``ss`` with the labels of the sidebar's label source (unchanged for the dataset's own labels)."""
+    if sel.label_source == "dataset" or sel.data is None:
+        return ss
+    return relabel_scored(ss, sel.label_source, label_store(), index=dataset_index(sel.data, sel.category))[0]

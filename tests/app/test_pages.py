@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-PAGES = ["views/home.py", "views/dataset.py", "views/train.py", "views/results.py", "views/explorer.py", "views/projection.py", "views/anounet.py", "views/try_image.py"]
+PAGES = ["views/home.py", "views/dataset.py", "views/train.py", "views/results.py", "views/explorer.py", "views/labeling.py", "views/projection.py", "views/anounet.py", "views/try_image.py"]
 
 
 def _app() -> AppTest:

@@ -11,7 +11,7 @@ from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
 
-PAGES = {"home": "", "dataset": "dataset", "train": "train", "results": "results", "threshold": "threshold", "projection": "projection", "anounet": "anounet", "try_image": "try_image"}
+PAGES = {"home": "", "dataset": "dataset", "train": "train", "results": "results", "threshold": "threshold", "label": "label", "projection": "projection", "anounet": "anounet", "try_image": "try_image"}
 
 
 def test_first_render_time(page, app_server: str) -> None:

@@ -1,0 +1,106 @@
+"""AppTest of the Label page, and labels flowing into the Results and Threshold pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import explorer as ex
+from core.labels import dataset_key
+from core.train import TrainConfig, fit
+from views import explorer, labeling, ui
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+KEY = dataset_key("builtin:synthetic", "fabric")
+
+
+@pytest.fixture(scope="module")
+def fabric_run() -> Path:
+    return fit(TrainConfig(data="builtin:synthetic", category="fabric", model="ae", size=32, base_channels=4, depth=3, epochs=1,
+                           device="cpu"))
+
+
+def _open(page: str, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page(page).run()
+    at.selectbox(key=ui.KEY_SOURCE).set_value("builtin:synthetic").run()
+    at.selectbox(key=ui.KEY_CATEGORY).set_value("fabric").run()
+    if run_id is not None:
+        at.selectbox(key=ui.KEY_RUN).set_value(run_id).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _current(at: AppTest) -> str:
+    return at.session_state[labeling.KEY_CURRENT]
+
+
+def test_label_buttons_store_advance_and_undo(fabric_run: Path) -> None:
+    store = ui.label_store()
+    at = _open("views/labeling.py", fabric_run.name)
+    assert at.title[0].value == "Label"
+    first = _current(at)
+    assert store.get(KEY, first) is None, "the unlabeled queue starts with an unlabeled image"
+    at.button(key="label_good").click().run()
+    assert not at.exception, at.exception
+    assert store.get(KEY, first).label == "good"
+    second = _current(at)
+    assert second != first
+    at.selectbox(key=labeling.KEY_DEFECT).set_value("hole").run()
+    at.text_input(key=labeling.KEY_NOTE).set_value("visible tear").run()
+    at.button(key="label_defective").click().run()
+    rec = store.get(KEY, second)
+    assert rec.label == "defective" and rec.defect_type == "hole" and rec.note == "visible tear"
+    third = _current(at)
+    at.button(key="label_unsure").click().run()
+    assert store.get(KEY, third).label == "unsure"
+    # Previous goes back to the image just labeled; undo restores "no label" exactly.
+    at.button(key="label_prev").click().run()
+    assert _current(at) == third
+    at.button(key="label_undo").click().run()
+    assert store.get(KEY, third) is None
+    assert any("Undone" in i.value for i in at.info)
+    assert any("labeled by hand" in c.value for c in at.sidebar.caption)
+    # Model-based queues and the heatmap.
+    for queue in ("disagree", "closest", "random"):
+        at.segmented_control(key=labeling.KEY_QUEUE).set_value(queue).run()
+        assert not at.exception, at.exception
+    at.toggle(key=labeling.KEY_HEAT).set_value(True).run()
+    assert not at.exception, at.exception
+    at.toggle(key=labeling.KEY_PAINT).set_value(True).run()
+    assert not at.exception, at.exception  # the canvas component, or a message where it cannot load
+
+
+def test_labels_flow_into_results_threshold_and_evaluate(fabric_run: Path) -> None:
+    store = ui.label_store()
+    ss = ex.scored_set(fabric_run)
+    goods = [p for p, lab in zip(ss.paths, ss.labels) if lab == 0][:3]
+    for p in goods:  # call three good images defective
+        store.set_label(KEY, p, "defective", defect_type="stain")
+    at = _open("views/results.py", fabric_run.name)
+    at.selectbox(key=ui.KEY_LABEL_SOURCE).set_value("merged").run()
+    assert not at.exception, at.exception
+    assert any("labels: Merged" in c.value for c in at.caption)
+    merged = ex.summary(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run, label_source="merged")))
+    assert next(m.value for m in at.metric if m.label == "Image AUROC") == ui.fmt_metric(merged["image_auroc"])
+    assert merged["n_defective"] != ex.summary(ss)["n_defective"], "the relabeled good images now count as defective"
+    # The choice survives a page switch, and the Threshold page counts the relabeled images.
+    at.switch_page("views/explorer.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=ui.KEY_LABEL_SOURCE).value == "merged"
+    eff = ui.effective_labels_for("builtin:synthetic", "fabric", "merged")
+    n_def = int((eff.labels == 1).sum())
+    assert all(eff.labels[eff.relpaths.index(p)] == 1 for p in goods)
+    t = at.session_state[explorer.KEY_T]
+    op = ex.operating_point(ex.curves_for(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run,
+                                                                          label_source="merged"))), t)
+    assert op["n_pos"] == n_def
+    # evaluate --labels merged agrees.
+    from core.explorer import evaluate_with_rule
+
+    m = evaluate_with_rule(fabric_run, {}, labels="merged")
+    assert m["n_defective"] == n_def and m["label_disagreements"] >= len(goods)
+    assert np.isclose(m["image_auroc"], merged["image_auroc"])
