@@ -66,6 +66,10 @@ def draw_pages() -> None:
                  help="Move the image towards normal, step by step: only the defect changes")
     c2.page_link("views/anounet.py", label="Ano-Unet", icon=":material/auto_fix_high:",
                  help="Per-image U-Net guided by a frozen feature extractor: what it must change is the anomaly")
+    c3.page_link("views/explorer.py", label="Threshold", icon=":material/tune:",
+                 help="Choose the operating threshold: ROC/PR, rules and costs, misses and false alarms, decision record")
+    c4.page_link("views/labeling.py", label="Label", icon=":material/label:",
+                 help="Mark images good/defective with the keyboard, paint defect masks; metrics follow your labels")
 
 
 draw_intro()

@@ -11,6 +11,7 @@ the Results and Threshold pages and ``python -m core evaluate --labels`` follow 
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ import streamlit as st
 from core import explorer as ex
 from core.data.index import DatasetError, DatasetIndex
 from core.images import ImageError, read_image, to_channels
-from core.labels import LabelError, LabelStoreError, dataset_key, effective_labels, file_sha1
+from core.labels import (
+    LabelError,
+    LabelImportError,
+    LabelStoreError,
+    dataset_key,
+    effective_labels,
+    export_mvtec,
+    file_sha1,
+    read_label_file,
+)
+from core.workspace import workspace_dir
 from core.runs import RunError
 from core.viz import heatmap, mask_contour, overlay
 from views import ui
@@ -38,6 +49,7 @@ KEY_BRUSH = "label_brush"
 KEY_TOOL = "label_tool"
 KEY_FLASH = "label_flash"
 KEY_CANVAS_VERSION = "label_canvas_version"
+KEY_IMPORT = "label_import_file"
 
 QUEUES = {
     "unlabeled": "Unlabeled first",
@@ -321,6 +333,51 @@ def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str,
                            + (" (undone)" if h.undone else ""))
 
 
+def _import_upload() -> None:
+    """on_change of the import uploader: all rows or none, with a message naming bad rows."""
+    f = st.session_state.get(KEY_IMPORT)
+    if f is None:
+        return
+    import tempfile
+
+    suffix = ".csv" if f.name.lower().endswith(".csv") else ".json"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(f.getvalue())
+        try:
+            result = ui.label_store().import_rows(read_label_file(path))
+        except (LabelImportError, LabelError, LabelStoreError, UnicodeDecodeError, OSError) as exc:
+            _flash("error", f"{f.name}: {exc}")
+            return
+    _flash("success", f"{f.name}: {result.rows} row(s) imported, {result.changed} changed, {result.unchanged} unchanged.")
+
+
+def draw_export(index: DatasetIndex, dataset: str, category: str | None) -> None:
+    store = ui.label_store()
+    with st.expander("Export and import labels"):
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("Labels as CSV", store.export_csv(dataset=dataset), file_name=f"labels-{category}.csv",
+                           mime="text/csv", icon=":material/download:", width="stretch")
+        c2.download_button("Labels as JSON", store.export_json(dataset=dataset), file_name=f"labels-{category}.json",
+                           mime="application/json", icon=":material/download:", width="stretch")
+        if c3.button("Export as MVTec folder", icon=":material/folder_zip:", width="stretch",
+                     help="The dataset with the merged labels, in the MVTec AD layout (train/good, test/<type>, "
+                          "ground_truth/<type>/*_mask.png), in the workspace: train on it as a custom folder."):
+            out = workspace_dir() / "exports" / f"{category or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            try:
+                with st.spinner("Writing the MVTec folder…"):
+                    summary = export_mvtec(index, out, store=store, dataset=dataset)
+                n_test = sum(summary.get("test", {}).values())
+                st.success(f"Written to `{out}` ({summary.get('train_good', 0)} train, {n_test} test images, "
+                           f"{summary.get('masks', 0)} masks). "
+                           "Pick it as a custom folder in the sidebar to train on it.")
+            except (ValueError, OSError) as exc:
+                st.error(f"Export failed: {exc}")
+        st.file_uploader("Import labels (CSV with at least dataset,path,label; or JSON)", type=["csv", "json"], key=KEY_IMPORT,
+                         on_change=_import_upload, help="All rows are applied, or none: a bad row is named and nothing changes.")
+        st.caption(f"Dataset key of this data in the label store: `{dataset}` (the `dataset` column).")
+
+
 def main() -> None:
     st.title("Label")
     sel = ui.selection()
@@ -374,6 +431,7 @@ def main() -> None:
         draw_image(samples[i], rel, ss, eff.mine[i], dataset)
     with right:
         draw_panel(index, i, rel, eff.mine[i], dataset, ss, t, next_rel, eff)
+    draw_export(index, dataset, sel.category)
 
 
 if __name__ == "__main__":

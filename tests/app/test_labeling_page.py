@@ -104,3 +104,23 @@ def test_labels_flow_into_results_threshold_and_evaluate(fabric_run: Path) -> No
     m = evaluate_with_rule(fabric_run, {}, labels="merged")
     assert m["n_defective"] == n_def and m["label_disagreements"] >= len(goods)
     assert np.isclose(m["image_auroc"], merged["image_auroc"])
+
+
+def test_label_page_import_export(fabric_run: Path) -> None:
+    at = _open("views/labeling.py")
+    downloads = [d.proto.label for d in at.get("download_button")]
+    assert downloads == ["Labels as CSV", "Labels as JSON"]
+    rel = _current(at)
+    bad = f"dataset,path,label\n{KEY},{rel},good\n{KEY},test/nope/1.png,good\n{KEY},{rel},broken\n".encode()
+    at.file_uploader(key=labeling.KEY_IMPORT).set_value(("bad.csv", bad, "text/csv")).run()
+    assert not at.exception, at.exception
+    assert any("rows 2, 3" in e.value and "nothing imported" in e.value for e in at.error)
+    assert ui.label_store().get(KEY, rel) is None, "a bad file applies nothing"
+    good = f"dataset,path,label\n{KEY},{rel},good\n".encode()
+    at.file_uploader(key=labeling.KEY_IMPORT).set_value(("good.csv", good, "text/csv")).run()
+    assert any("1 row(s) imported" in s.value for s in at.success)
+    assert ui.label_store().get(KEY, rel).label == "good"
+    mvtec = next(b for b in at.button if b.label == "Export as MVTec folder")
+    mvtec.click().run()
+    assert not at.exception, at.exception
+    assert any("Written to" in s.value for s in at.success)
