@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_project(args: argparse.Namespace) -> int:
     from core.projection import ProjectionConfig, evaluate_projection
 
-    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map)
+    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision)
     m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
                             batch_size=args.batch_size, device=args.device)
     if args.json:
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--limit", type=int, help="at most this many images")
     pr.add_argument("--gif", help="write an animated GIF (one frame per step; step 0 is the input)")
     pr.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    pr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=pdef.precision,
+                    help="the model's forward/backward (auto: bf16 on a CPU with native bf16, fp16/bf16 on CUDA)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_project)

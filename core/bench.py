@@ -158,7 +158,17 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
     """Projection throughput: one batch of ``batch_size`` images vs. the same images one at a time,
     and the cost of one projection step relative to one training step on the same batch.
 
-    The VAE is the default architecture at ``size`` (weights untrained: timing does not depend on them).
+    Three loops over the same images and steps, alternated 3 times (the fastest run of each is kept):
+
+    * ``reference`` - one image at a time in fp32, as the article's code does;
+    * ``sequential`` - this project's projection (default settings, so the default precision) one
+      image at a time: ``speedup_batching_only`` isolates what batching alone gives;
+    * ``batched`` - this project's projection on all ``batch_size`` images at once.
+
+    ``speedup_batched`` = reference / batched is what a user gets (target >= 3x). On a CPU, batching
+    alone is bounded by how much better a batch uses the cores than one image: ``per_image_step_ms``
+    gives the cost per image and step at batch 1, 4, 16 and 64 (the asymptote). The VAE is the default
+    architecture at ``size`` (weights untrained: timing does not depend on them).
     """
     from core.models import ConvVAE, VAEConfig
     from core.projection import ProjectionConfig, run_projection
@@ -172,25 +182,40 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
     torch.manual_seed(0)
     model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).eval()
     cfg = ProjectionConfig(steps=steps)
-    run_projection(model, x[:2], ProjectionConfig(steps=1))  # warm-up
+    ref_cfg = replace(cfg, precision="fp32")
+    run_projection(model, x[:2], replace(cfg, steps=1))  # warm-up of both precisions
+    run_projection(model, x[:2], replace(ref_cfg, steps=1))
 
-    batched_all, sequential_all = [], []
-    for _ in range(3):  # alternate and keep the fastest of each (other load only slows a run down)
+    def timed(xb: torch.Tensor, c: ProjectionConfig) -> float:
         t0 = time.perf_counter()
-        run_projection(model, x, cfg)
-        batched_all.append(time.perf_counter() - t0)
+        run_projection(model, xb, c)
+        return time.perf_counter() - t0
+
+    def one_at_a_time(c: ProjectionConfig) -> float:
         t0 = time.perf_counter()
         for i in range(batch_size):
-            run_projection(model, x[i : i + 1], cfg)
-        sequential_all.append(time.perf_counter() - t0)
-    batched, sequential = min(batched_all), min(sequential_all)
+            run_projection(model, x[i : i + 1], c)
+        return time.perf_counter() - t0
+
+    batched_all, sequential_all, reference_all = [], [], []
+    for _ in range(3):  # alternate and keep the fastest of each (other load only slows a run down)
+        batched_all.append(timed(x, cfg))
+        sequential_all.append(one_at_a_time(cfg))
+        reference_all.append(one_at_a_time(ref_cfg))
+    batched, sequential, reference = min(batched_all), min(sequential_all), min(reference_all)
+    per_image_step = {}
+    for b in (1, 4, 16, 64):  # cost per image and step vs. batch size, at the default precision
+        xb = x[torch.arange(b) % len(x)]
+        c = replace(cfg, steps=3)
+        timed(xb, c)  # warm-up at this shape
+        per_image_step[b] = 1000.0 * min(timed(xb, c) for _ in range(2)) / (b * (c.steps + 1))
 
     # One training step on the same batch, as core.train does it (channels_last, the same precision).
     from core.device import autocast, resolve_precision
 
     train_model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).train().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(train_model.parameters(), lr=1e-3)
-    precision = resolve_precision("auto", torch.device("cpu"))
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
 
     def train_steps(n: int, prec: str) -> float:
         xb = x.contiguous(memory_format=torch.channels_last)
@@ -214,8 +239,13 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
         "benchmark": "project",
         "data": data, "category": index.category, "size": size, "channels": channels, "steps": steps,
         "batch_size": batch_size,
-        "batched_seconds": batched, "sequential_seconds": sequential,
-        "speedup_batched": sequential / batched, "target_speedup_batched": 3.0,
+        "precision": precision, "reference_precision": "fp32",
+        "batched_seconds": batched, "sequential_seconds": sequential, "reference_seconds": reference,
+        "batched_seconds_all": batched_all, "sequential_seconds_all": sequential_all, "reference_seconds_all": reference_all,
+        "speedup_batched": reference / batched, "target_speedup_batched": 3.0,
+        "speedup_batching_only": sequential / batched, "speedup_precision_only": reference / sequential,
+        "per_image_step_ms": per_image_step,
+        "batching_bound": per_image_step[1] / per_image_step[64],
         "projection_step_seconds": step,
         "train_step_seconds_fp32": train_fp32,
         f"train_step_seconds_{precision}": train_project,
@@ -323,6 +353,10 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
     All start every image from the same weights and run exactly ``epochs`` steps (early stop and guard
     off, no cache), so ``max_map_difference`` (batched vs reference) checks they compute the same thing.
 
+    ``per_image_epoch_ms`` gives the cost per image and epoch at K = 1, 4, 8, 16: once it stops falling,
+    more images in flight cannot help, so ``batching_bound`` (K = 1 over the lowest) bounds the speedup
+    batching can reach on this machine.
+
     Memory per image: (1) an estimate, :meth:`core.anounet.AnoUnet.memory_per_image` (parameters,
     gradients, Adam moments, autograd-saved activations of G and F, image buffers); (2) measured: the
     peak RSS growth of a fresh subprocess running K images and one image for 3 epochs (the kernel's
@@ -373,6 +407,18 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
     map_max = max(float(r.anomaly_map.max()) for r in bat)
     diff_seq = max(float(np.abs(r.anomaly_map - q.anomaly_map).max()) for r, q in zip(bat, seq))
     n = len(images)
+    # Cost per image and epoch vs. K (the asymptote bounds what batching can give on this machine).
+    per_image_epoch = {}
+    for kk in (1, 4, 8, 16):
+        imgs = images[torch.arange(kk) % len(images)]
+        ano_k = AnoUnet(fnet, replace(cfg, batch=kk, epochs=3), device="cpu", cache=False)
+        ano_k.run(imgs)  # warm-up at this shape
+        best = math.inf
+        for _ in range(2):
+            t0 = time.perf_counter()
+            ano_k.run(imgs)
+            best = min(best, time.perf_counter() - t0)
+        per_image_epoch[kk] = 1000.0 * best / (kk * 3)
     mem = batched.memory_per_image(size)
     rss_k = _measure_rss(data, index.category, size, k, fnet_run)
     rss_1 = _measure_rss(data, index.category, size, 1, fnet_run)
@@ -385,6 +431,7 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
         "sequential_images_per_minute": 60.0 * n / seq_s,
         "batched_images_per_minute": 60.0 * n / bat_s,
         "speedup": ref_s / bat_s, "speedup_batching_only": seq_s / bat_s, "target_speedup": 4.0,
+        "per_image_epoch_ms": per_image_epoch, "batching_bound": per_image_epoch[1] / min(per_image_epoch.values()),
         "seconds_per_image_batched": bat_s / n,
         "max_map_difference_vs_reference": diff_ref, "max_map_difference_vs_sequential": diff_seq, "max_map_value": map_max,
         "memory_per_image_mb_estimate": mem["bytes_per_image"] / 2**20,

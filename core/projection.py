@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.device import autocast, resolve_precision
 from core.models.contract import AnomalyOutput
 from core.scoring import ScoreConfig, gaussian_blur, image_scores
 
@@ -45,11 +46,18 @@ class ProjectionConfig:
     lam: float = 0.3
     map_mode: str = "projection"
     divergence_factor: float = 1e3  # energy above factor * initial energy counts as diverged
+    # The model's forward/backward: auto = bf16 on a CPU with native bf16 (fp16/bf16 on CUDA), else fp32
+    # (core.device.resolve_precision); the energy and the update stay fp32. Measured on the bottle VAE
+    # (128 px, 83 images): bf16 gives the same pixel AUROC (0.8896 vs 0.8895 fp32), AUPRO (0.6755 vs
+    # 0.6752) and image AUROC (0.978) at 1.6x the speed.
+    precision: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError on out-of-range settings."""
         if self.steps < 1 or self.alpha <= 0 or self.lam < 0:
             raise ValueError("steps must be >= 1, alpha > 0 and lambda >= 0")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
         if self.map_mode not in MAP_MODES:
             raise ValueError(f"map_mode must be one of {', '.join(MAP_MODES)}, got {self.map_mode!r}")
 
@@ -68,9 +76,12 @@ class ProjectionFrame:
     diverged_step: list[int | None]  # per image: the step at which it diverged
 
 
-def energy(model: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image E(x), L_rec(x, f(x)) and f(x)."""
-    recon = model.reconstruct(x)
+def energy(model: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, lam: float,
+           precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image E(x), L_rec(x, f(x)) and f(x); the model runs in ``precision`` (resolved), the energy in fp32."""
+    with autocast(x.device, precision):
+        recon = model.reconstruct(x)
+    recon = recon.float()
     rec = model.recon_energy(x, recon)
     return rec + lam * (x - x0).abs().flatten(1).sum(1), rec, recon
 
@@ -85,6 +96,7 @@ def project(model: torch.nn.Module, x0: torch.Tensor, cfg: ProjectionConfig) -> 
     cfg.validate()
     model.eval()
     x0 = x0.detach().float()
+    precision = resolve_precision(cfg.precision, x0.device)
     x = x0.clone()
     b = x.shape[0]
     diverged = torch.zeros(b, dtype=torch.bool, device=x.device)
@@ -94,7 +106,7 @@ def project(model: torch.nn.Module, x0: torch.Tensor, cfg: ProjectionConfig) -> 
     for step in range(cfg.steps + 1):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            e, rec, recon = energy(model, xg, x0, cfg.lam)
+            e, rec, recon = energy(model, xg, x0, cfg.lam, precision)
             if initial is None:
                 initial = e.detach().abs().clamp_min(1e-6)
             bad = ~torch.isfinite(e.detach()) | (e.detach() > cfg.divergence_factor * initial)

@@ -40,6 +40,7 @@ from views.results import GOOD
 
 KEY_QUEUE = "label_queue"
 KEY_CURRENT = "label_current"  # relative path of the image on screen
+KEY_CURRENT_FOR = "label_current_for"  # the dataset key KEY_CURRENT belongs to
 KEY_TRAIL = "label_trail"  # images shown before, most recent last: Previous walks back through them
 KEY_HEAT = "label_heatmap"
 KEY_DEFECT = "label_defect_type"
@@ -416,6 +417,10 @@ def main() -> None:
     st.caption(model_note)
     order = queue_order(queue, eff.mine, eff.dataset_labels, scores, t)
     paths = [eff.relpaths[k] for k in order]
+    if st.session_state.get(KEY_CURRENT_FOR) != dataset:  # another dataset: same relative paths mean other images
+        st.session_state[KEY_CURRENT_FOR] = dataset
+        st.session_state.pop(KEY_CURRENT, None)
+        st.session_state[KEY_TRAIL] = []
     if st.session_state.get(KEY_CURRENT) not in paths:
         st.session_state[KEY_CURRENT] = paths[0]
     pos = paths.index(st.session_state[KEY_CURRENT])

@@ -111,6 +111,7 @@ def test_label_page_import_export(fabric_run: Path) -> None:
     downloads = [d.proto.label for d in at.get("download_button")]
     assert downloads == ["Labels as CSV", "Labels as JSON"]
     rel = _current(at)
+    assert ui.label_store().get(KEY, rel) is None, "the unlabeled queue starts with an unlabeled image of this dataset"
     bad = f"dataset,path,label\n{KEY},{rel},good\n{KEY},test/nope/1.png,good\n{KEY},{rel},broken\n".encode()
     at.file_uploader(key=labeling.KEY_IMPORT).set_value(("bad.csv", bad, "text/csv")).run()
     assert not at.exception, at.exception
