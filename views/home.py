@@ -44,6 +44,7 @@ def draw_quick_start(sel: ui.Selection) -> None:
             "1. Pick data in the sidebar: built-in **synthetic** defects, real handwritten **digits**, or your own folder.\n"
             "2. **Train** an autoencoder or VAE on the good images.\n"
             "3. See **Results**: anomaly heatmaps, image and pixel AUROC; **Try your image**.\n"
+            "4. Choose the operating **Threshold** with its consequences; **Label** images where you disagree.\n"
         )
     with right:
         st.markdown("**No model yet? Train the demo model** — a small autoencoder on the built-in synthetic bottles, "
