@@ -251,10 +251,13 @@ def pr_figure(entries: list[tuple[str, ex.Curves]], op: dict[str, Any]) -> go.Fi
 def histogram_figure(ss: ex.ScoredSet, t: float) -> go.Figure:
     fig = go.Figure()
     lab = ss.labels
+    lo, hi = float(ss.scores.min()), float(ss.scores.max())
+    size = (hi - lo) / 40 if hi > lo else 1.0
+    bins = {"start": lo, "end": hi + size, "size": size}  # one set of bins for every class: comparable bars
     for value, name, color in ((0, "good", GOOD_COLOR), (1, "defective", DEFECT_COLOR), (-1, "unknown", "#999")):
         s = ss.scores[lab == value]
         if s.size:
-            fig.add_histogram(x=s, name=f"{name} ({s.size})", marker_color=color, opacity=0.65, nbinsx=40)
+            fig.add_histogram(x=s, name=f"{name} ({s.size})", marker_color=color, opacity=0.65, xbins=bins)
     fig.add_vline(x=t, line={"color": "#e4572e", "width": 2.5}, annotation_text=f"threshold {t:.4g}",
                   annotation_position="top right")
     fig.update_layout(barmode="overlay", height=260, margin={"l": 10, "r": 10, "t": 30, "b": 10}, plot_bgcolor="white",
