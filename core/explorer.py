@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from core import metrics
+from core.data.index import UNLABELED_NAMES as _UNLABELED_FOLDERS  # images without a dataset label
 
 __all__ = [
     "DETECTORS", "PRESETS", "RULES", "RECORD_FORMAT",
@@ -53,8 +54,6 @@ RULES = ("f1", "youden", "fpr", "tpr", "cost")
 SCORED_DIR = "scored"
 SCORED_FORMAT = "anomalylab-scored/1"
 RECORD_FORMAT = "anomalylab-decision/1"
-# Plain-folder sub-folders whose images carry no dataset label (as core.labels.UNLABELED_FOLDERS).
-_UNLABELED_FOLDERS = ("unlabeled", "unlabelled", "unknown", "unsorted")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.index import DatasetError, DatasetIndex, Sample, index_path, is_mvtec_category, mvtec_categories
+from core.data.index import UNLABELED_NAMES, DatasetError, DatasetIndex, Sample, index_path, is_mvtec_category, mvtec_categories
 from core.images import ImageError, encode_png, read_image, read_mask
 from core.workspace import atomic_write_text, workspace_dir
 
@@ -53,7 +53,7 @@ SCHEMA_VERSION = 1
 LABELS = ("good", "defective", "unsure")
 DEFAULT_DEFECT = "defective"
 """Defect folder of the MVTec export for images labeled defective without a defect type."""
-UNLABELED_FOLDERS = ("unlabeled", "unlabelled", "unknown", "unsorted")
+UNLABELED_FOLDERS = UNLABELED_NAMES  # plain-folder sub-folders of images without a label (core.data.index)
 """Plain-folder sub-folders whose images have no dataset label (``effective_labels`` gives them -1)."""
 REQUIRED_COLUMNS = ("dataset", "path", "label")
 EXPORT_COLUMNS = ("dataset", "path", "label", "defect_type", "note", "author", "time", "content_hash", "mask_png_base64")

@@ -143,10 +143,11 @@ def _validate(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
 
     Args:
         scores: 1-D array-like of anomaly scores.
-        labels: 1-D array-like of binary labels (0/1 or bool).
+        labels: 1-D array-like of labels: 0/1 (or bool), -1 for unknown.
 
     Returns:
-        ``(scores, labels)`` as a float64 and an int64 1-D array.
+        ``(scores, labels)`` as a float64 and an int64 1-D array, images with an unknown label (-1)
+        removed.
 
     Raises:
         ValueError: On empty input, non-1-D input, length mismatch, non-finite
@@ -182,8 +183,13 @@ def _validate(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
         yf = y.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"labels must be 0/1: {exc}") from exc
-    if not np.isin(yf, (0.0, 1.0)).all():
-        raise ValueError("labels must contain only 0 (good) and 1 (defective)")
+    if not np.isin(yf, (0.0, 1.0, -1.0)).all():
+        raise ValueError("labels must contain only 0 (good), 1 (defective) and -1 (unknown)")
+    known = yf >= 0
+    if not known.all():  # unknown labels (an unlabeled folder, "unsure") are left out of every metric
+        s, yf = s[known], yf[known]
+        if s.shape[0] == 0:
+            raise ValueError("no image has a label (all are unknown)")
     return s, yf.astype(np.int64)
 
 
@@ -918,6 +924,7 @@ def summarize(
     Raises:
         ValueError: On invalid inputs.
     """
+    n_unknown = int(np.sum(np.asarray(labels) == -1))
     s, y = _validate(scores, labels)
     best_f1, thr = f1_max(s, y)
     out: dict[str, Any] = {
@@ -929,6 +936,7 @@ def summarize(
         "aupro": None,
         "n_images": int(s.shape[0]),
         "n_defective": int(y.sum()),
+        "n_unknown": n_unknown,
     }
     if maps is not None and masks is not None:
         m, g = _validate_pixels(maps, masks)

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data.index import DatasetError
+from core.data.index import UNLABELED_NAMES, DatasetError
 from core.data.loading import load_split
 from core.evaluate import load_test_split, score_split
 from core.images import to_uint8_hwc
@@ -141,8 +141,10 @@ def colorbar(width: int = 220, height: int = 10) -> np.ndarray:
 
 
 def defect_badge(defect: str) -> str:
-    """Markdown badge for a defect type (green for good images)."""
-    return f":green-badge[{GOOD}]" if defect == GOOD else f":red-badge[{defect}]"
+    """Markdown badge for a defect type (green for good images, gray for images without a label)."""
+    if defect == GOOD:
+        return f":green-badge[{GOOD}]"
+    return f":gray-badge[{defect}]" if defect.lower() in (*UNLABELED_NAMES, "unknown") else f":red-badge[{defect}]"
 
 
 def fmt_score(value: float | None) -> str:

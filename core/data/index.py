@@ -13,6 +13,9 @@ Plain folder (one category, the folder itself)::
 
     FOLDER/good/*.png                 normal images (also accepted: normal, ok)
     FOLDER/<defect>/*.png             one folder per defect type
+    FOLDER/unlabeled/*.png            optional: test images nobody has labeled yet (also: unlabelled,
+                                      unknown, unsorted); label -1, left out of every metric until
+                                      labeled on the Label page
     FOLDER/masks/<defect>/<stem>_mask.png or <stem>.png   (optional)
 
 In a plain folder the good images are split deterministically: 80% train, 20% test.
@@ -27,6 +30,7 @@ from pathlib import Path
 from core.images import is_image_file
 
 GOOD_NAMES = ("good", "normal", "ok")
+UNLABELED_NAMES = ("unlabeled", "unlabelled", "unknown", "unsorted")  # folders of images without a label
 MASK_DIR_NAMES = ("ground_truth", "masks", "mask")
 MVTEC_LAYOUT = "ROOT/CATEGORY/train/good/*.png, ROOT/CATEGORY/test/<defect>/*.png, ROOT/CATEGORY/ground_truth/<defect>/<name>_mask.png"
 FOLDER_LAYOUT = "FOLDER/good/*.png plus one FOLDER/<defect>/ folder per defect type (masks optional in FOLDER/masks/<defect>/)"
@@ -48,8 +52,10 @@ class Sample:
 
     @property
     def label(self) -> int:
-        """1 for defective, 0 for good."""
-        return 0 if self.defect == "good" else 1
+        """1 for defective, 0 for good, -1 for an image of an unlabeled folder (unknown: left out of metrics)."""
+        if self.defect == "good":
+            return 0
+        return -1 if self.defect.lower() in UNLABELED_NAMES else 1
 
     def relpath(self, root: Path) -> str:
         """Path relative to ``root`` with forward slashes (stable id across machines)."""
@@ -75,8 +81,8 @@ class DatasetIndex:
 
     @property
     def defect_types(self) -> list[str]:
-        """Defect types present in the test split (``good`` excluded), sorted."""
-        return sorted({s.defect for s in self.samples if s.defect != "good"})
+        """Defect types present in the test split (``good`` and unlabeled folders excluded), sorted."""
+        return sorted({s.defect for s in self.samples if s.label == 1})
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {defect: count}}``."""

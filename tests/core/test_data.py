@@ -938,3 +938,19 @@ def test_plain_folder_rejects_a_foreign_category(tmp_path) -> None:
     assert index_path(root, "parts").category == "parts"
     with pytest.raises(DatasetError, match="single plain folder"):
         index_path(root, "teapot")
+
+
+def test_unlabeled_folder_images_are_unknown_and_left_out_of_metrics(plain_folder: Path):
+    from core.evaluate import evaluate_run
+    from core.train import TrainConfig, fit
+
+    for i in range(3):
+        _save(plain_folder / "unlabeled" / f"u{i}.png", _noise(100 + i))
+    idx = index_path(plain_folder)
+    unknown = [s for s in idx.split("test") if s.defect == "unlabeled"]
+    assert len(unknown) == 3 and all(s.label == -1 for s in unknown)
+    assert "unlabeled" not in idx.defect_types
+    run = fit(TrainConfig(data=str(plain_folder), model="ae", size=32, base_channels=4, depth=3, epochs=1, device="cpu"),
+              plain_folder.parent / "run")
+    m = evaluate_run(run, device="cpu", strips=False)
+    assert m["n_unknown"] == 3 and m["n_images"] == len(idx.split("test")) - 3

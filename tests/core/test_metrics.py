@@ -542,7 +542,9 @@ def test_summarize_image_only():
         "aupro",
         "n_images",
         "n_defective",
+        "n_unknown",
     }
+    assert out["n_unknown"] == 0
     assert out["image_auroc"] == pytest.approx(0.75)
     assert out["average_precision"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert out["f1_max"] == pytest.approx(0.8)
@@ -590,3 +592,16 @@ def test_pro_curve_many_regions_fallback_matches_exact(monkeypatch):
     exact = aupro(maps, masks)
     monkeypatch.setattr(M, "_MAX_JOINT_HIST", 0)
     assert aupro(maps, masks) == pytest.approx(exact, abs=1e-12)
+
+
+def test_unknown_labels_are_left_out_of_every_metric():
+    scores = np.array([0.9, 0.8, 0.1, 0.5, 0.2])
+    labels = np.array([1, 1, 0, -1, 0])
+    known = labels >= 0
+    assert image_auroc(scores, labels) == image_auroc(scores[known], labels[known])
+    out = summarize(scores, labels)
+    assert out["n_images"] == 4 and out["n_defective"] == 2 and out["n_unknown"] == 1
+    with pytest.raises(ValueError, match="no image has a label"):
+        summarize([0.1, 0.2], [-1, -1])
+    with pytest.raises(ValueError, match="only 0"):
+        summarize([0.1, 0.2], [2, 0])
