@@ -289,7 +289,7 @@ def draw_controls(curves: ex.Curves) -> None:
     c1.number_input("False alarm", 0.0, 1e9, 1.0, key=KEY_COST_FP, help="A good part flagged (wasted, or re-inspected).")
     c2.number_input("Miss", 0.0, 1e9, 10.0, key=KEY_COST_FN, help="A defective part passed (returns, complaints, recalls).")
     c3.number_input("Manual review", 0.0, 1e9, 0.0, key=KEY_COST_REVIEW, help="Reviewing each flagged part by a person.")
-    st.slider("Threshold", lo, hi, step=step, key=KEY_SLIDER, on_change=_on_slider, format="%.4g",
+    st.slider("Threshold", lo, hi, step=step, key=KEY_SLIDER, on_change=_on_slider, format="%.3g",
               help="Images scoring at or above the threshold are flagged as defective.")
     st.number_input("Type a threshold", lo, hi, step=step, key=KEY_TYPED, on_change=_on_typed, format="%.6g")
 

@@ -428,8 +428,10 @@ def main() -> None:
     rel = paths[pos]
     next_rel = paths[pos + 1] if pos + 1 < len(paths) else None
     flash = st.session_state.pop(KEY_FLASH, None)
-    if flash:
-        getattr(st, flash[0])(flash[1])
+    if flash and flash[0] == "error":
+        st.error(flash[1], icon=":material/error:")
+    elif flash:  # a toast outlives the extra rerun the canvas component may trigger
+        st.toast(flash[1], icon=":material/check_circle:" if flash[0] == "success" else ":material/info:")
     left, right = st.columns([1.15, 1], gap="large")
     with left:
         st.caption(f"Image {pos + 1} of {len(order)} in the queue · G good · D defective · U unsure · ← → move · Z undo")

@@ -62,7 +62,7 @@ def test_label_buttons_store_advance_and_undo(fabric_run: Path) -> None:
     assert _current(at) == third
     at.button(key="label_undo").click().run()
     assert store.get(KEY, third) is None
-    assert any("Undone" in i.value for i in at.info)
+    assert any("Undone" in t.value for t in at.toast)
     assert any("labeled by hand" in c.value for c in at.sidebar.caption)
     # Model-based queues and the heatmap.
     for queue in ("disagree", "closest", "random"):
@@ -119,7 +119,7 @@ def test_label_page_import_export(fabric_run: Path) -> None:
     assert ui.label_store().get(KEY, rel) is None, "a bad file applies nothing"
     good = f"dataset,path,label\n{KEY},{rel},good\n".encode()
     at.file_uploader(key=labeling.KEY_IMPORT).set_value(("good.csv", good, "text/csv")).run()
-    assert any("1 row(s) imported" in s.value for s in at.success)
+    assert any("1 row(s) imported" in t.value for t in at.toast)
     assert ui.label_store().get(KEY, rel).label == "good"
     mvtec = next(b for b in at.button if b.label == "Export as MVTec folder")
     mvtec.click().run()
