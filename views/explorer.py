@@ -33,8 +33,8 @@ from views.results import DEFECT_COLOR, GOOD_COLOR, enlarge, load_test_view
 KEY_COMPARE = "thr_compare"
 KEY_DETECTOR = "thr_detector"
 KEY_RULE = "thr_rule"
-KEY_T = "thr_threshold"  # the current image threshold (source of truth)
-KEY_T_FOR = "thr_threshold_for"  # the scored set the threshold belongs to
+KEY_T = ui.KEY_THRESHOLD  # the current image threshold (source of truth; other pages read it)
+KEY_T_FOR = ui.KEY_THRESHOLD_FOR  # the scored set the threshold belongs to
 KEY_SLIDER = "thr_slider"
 KEY_TYPED = "thr_typed"
 KEY_FPR = "thr_target_fpr"

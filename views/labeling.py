@@ -206,14 +206,9 @@ def model_view(sel: ui.Selection) -> tuple[ex.ScoredSet | None, float | None, st
         ss = ex.scored_set(sel.run_dir)
     except (RunError, DatasetError, ValueError, OSError) as exc:
         return None, None, f"The run cannot be scored: {exc}"
-    curves = ex.curves_for(ss)
-    from views import explorer
-
-    t = st.session_state.get(explorer.KEY_T)
-    same = str(st.session_state.get(explorer.KEY_T_FOR, "")).startswith(f"{ss.run_id}|reconstruction|")
-    if t is None or not same:
-        return ss, curves.f1_threshold, f"threshold {curves.f1_threshold:.4g} (F1-max; set another on the Threshold page)"
-    return ss, float(t), f"threshold {float(t):.4g} (from the Threshold page)"
+    t, source = ui.operating_threshold(ss.run_id, ex.curves_for(ss).f1_threshold)
+    hint = "" if "chosen" in source else "; choose another on the Threshold page"
+    return ss, t, f"threshold {t:.4g}: {source}{hint}"
 
 
 def draw_image(sample: Any, rel: str, ss: ex.ScoredSet | None, record: Any, dataset: str) -> None:

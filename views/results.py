@@ -185,7 +185,8 @@ def draw_metrics(view: dict[str, Any]) -> None:
 
 def draw_distribution(view: dict[str, Any]) -> None:
     scores, labels, defects = view["scores"], view["labels"], np.array(view["defects"])
-    thr = view["metrics"].get("threshold")
+    thr = view.get("threshold", view["metrics"].get("threshold"))
+    name = view.get("threshold_name", "the F1-max threshold")
     lo, hi = float(scores.min()), float(scores.max())
     size = (hi - lo) / 30 if hi > lo else 1.0
     fig = go.Figure()
@@ -194,7 +195,7 @@ def draw_distribution(view: dict[str, Any]) -> None:
             fig.add_trace(go.Histogram(x=scores[sel], name=f"{name} ({int(sel.sum())})", marker_color=color, opacity=0.7,
                                        xbins={"start": lo, "end": hi + size, "size": size}))
     if thr is not None and thr <= hi:
-        fig.add_vline(x=thr, line_dash="dash", line_color="#444", annotation_text=f"F1-max threshold {thr:.4g}",
+        fig.add_vline(x=thr, line_dash="dash", line_color="#444", annotation_text=f"threshold {thr:.4g}",
                       annotation_position="top right", annotation_font_size=11)
     fig.update_layout(barmode="overlay", height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title="anomaly score",
                       yaxis_title="test images", legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 1, "xanchor": "right"})
@@ -212,7 +213,7 @@ def draw_distribution(view: dict[str, Any]) -> None:
             "median score": st.column_config.NumberColumn(format="%.4g"),
             "flagged %": st.column_config.ProgressColumn("flagged", format="%.0f%%", min_value=0, max_value=100, width="medium"),
         })
-        st.caption("Flagged = score at or above the F1-max threshold. For good images this is the false-alarm rate; "
+        st.caption(f"Flagged = score at or above {name} ({fmt_score(thr)}). For good images this is the false-alarm rate; "
                    "for a defect type it is the share caught.")
 
 
@@ -238,7 +239,7 @@ def draw_strips(run_id: str, view: dict[str, Any]) -> None:
     if order == SORT_DESC:
         ranked = ranked[::-1]
     n_pages = max(1, math.ceil(ranked.size / PER_PAGE))
-    thr = view["metrics"].get("threshold")
+    thr = view.get("threshold", view["metrics"].get("threshold"))
     head = st.container()
     grid = st.container()
     with st.container(horizontal=True, horizontal_alignment="center"):
@@ -333,6 +334,8 @@ def main() -> None:
         return
     if sel.label_source != "dataset":
         view = with_label_source(view, run, sel)
+    t, name = ui.operating_threshold(run.id, view["metrics"].get("threshold"))
+    view = dict(view, threshold=t, threshold_name=name)
     draw_header(run, view)
     draw_metrics(view)
     names = ["Test images", "Score distribution"]

@@ -31,7 +31,7 @@ def _percent(value: float | None) -> str:
 
 def draw_position_chart(score: float, view: dict[str, Any], key: str) -> None:
     scores, labels = view["scores"], view["labels"]
-    thr = view["metrics"].get("threshold")
+    thr = view["threshold"]
     fig = go.Figure()
     for name, sel, color in (("good test images", labels == 0, GOOD_COLOR), ("defective test images", labels == 1, DEFECT_COLOR)):
         if sel.any():
@@ -51,7 +51,7 @@ def draw_analysis(a: Analysis, run: LoadedRun, view: dict[str, Any], key: str, t
         if a.error:
             st.error(a.error, icon=":material/broken_image:")
             return
-        pos = position(a.score, view["scores"], view["labels"], view["metrics"].get("threshold"))
+        pos = position(a.score, view["scores"], view["labels"], view["threshold"])
         left, right = st.columns([2, 3], gap="large")
         with left:
             title = f"**{a.name}**" + (f" · ground truth {defect_badge(truth)}" if truth else "")
@@ -59,9 +59,9 @@ def draw_analysis(a: Analysis, run: LoadedRun, view: dict[str, Any], key: str, t
             if pos.flagged is None:
                 verdict = ":gray-badge[no threshold] the test set has a single class"
             elif pos.flagged:
-                verdict = f":red-badge[:material/warning: Anomalous] at or above the F1-max threshold ({fmt_score(pos.threshold)})"
+                verdict = f":red-badge[:material/warning: Anomalous] at or above {view['threshold_name']} ({fmt_score(pos.threshold)})"
             else:
-                verdict = f":green-badge[:material/check: Looks normal] below the F1-max threshold ({fmt_score(pos.threshold)})"
+                verdict = f":green-badge[:material/check: Looks normal] below {view['threshold_name']} ({fmt_score(pos.threshold)})"
             st.metric("Anomaly score", fmt_score(a.score), help="Higher = more anomalous; same scoring as the run's test set.")
             st.markdown(verdict)
             st.markdown(
@@ -105,8 +105,10 @@ def main() -> None:
     view = load_test_view(run)
     if view is None:
         return
+    t, name = ui.operating_threshold(run.id, view["metrics"].get("threshold"))
+    view = dict(view, threshold=t, threshold_name=name)
     st.caption(f"Scored by run `{run.id}` ({run.config.model.upper()}, {run.config.data} / {run.config.category}). "
-               "Images are converted to the run's channels and size; nothing is stored.")
+               f"Images are converted to the run's channels and size; nothing is stored. Verdicts use {name}.")
     up_col, ex_col = st.columns([3, 2], vertical_alignment="top")
     with up_col:
         files = st.file_uploader("Upload images", type=UPLOAD_TYPES, accept_multiple_files=True, key=KEY_UPLOADS,

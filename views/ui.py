@@ -32,6 +32,8 @@ KEY_CUSTOM_PATH = "sidebar_custom_path"
 KEY_CATEGORY = "sidebar_category"
 KEY_RUN = "sidebar_run"
 KEY_LABEL_SOURCE = "sidebar_label_source"
+KEY_THRESHOLD = "thr_threshold"  # the image threshold chosen on the Threshold page (kept across pages)
+KEY_THRESHOLD_FOR = "thr_threshold_for"  # "<run id>|<detector>|<label fingerprint>" it was chosen for
 LABEL_SOURCE_NAMES = {"dataset": "Dataset folders", "mine": "My labels", "merged": "Merged: mine override"}
 KEY_TRAIN_JOB = "train_job_id"
 PERSIST_PREFIX = "_kept_"
@@ -343,3 +345,12 @@ def relabeled(ss: ScoredSet, sel: Selection) -> ScoredSet:
     if sel.label_source == "dataset" or sel.data is None:
         return ss
     return relabel_scored(ss, sel.label_source, label_store(), index=dataset_index(sel.data, sel.category))[0]
+
+
+def operating_threshold(run_id: str, f1_threshold: float | None) -> tuple[float | None, str]:
+    """The threshold to flag images with on every page: the one chosen on the Threshold page for this
+    run's reconstruction scores in this session, else the F1-max threshold; and how to name it."""
+    t = st.session_state.get(KEY_THRESHOLD)
+    if t is not None and str(st.session_state.get(KEY_THRESHOLD_FOR, "")).startswith(f"{run_id}|reconstruction|"):
+        return float(t), "the threshold chosen on the Threshold page"
+    return f1_threshold, "the F1-max threshold"

@@ -154,3 +154,19 @@ def test_threshold_page_compares_fnet_and_anounet_detectors(two_runs: tuple[Path
     assert any("Ano-Unet map" in n for n in names) and any("f-Net distance" in n for n in names)
     ss = ex.scored_set(fnet, "anounet")
     assert ss.maps is not None and ss.maps.shape[1:] == (32, 32) and ex.pixel_curves(ss) is not None
+
+
+def test_chosen_threshold_is_used_by_results_try_and_label_pages(two_runs: tuple[Path, Path]) -> None:
+    a, _ = two_runs
+    at = _open(a.name)
+    ss = ex.scored_set(a)
+    mid = float(sorted(ss.scores)[len(ss.scores) // 3])
+    at.number_input(key=explorer.KEY_TYPED).set_value(mid).run()
+    at.switch_page("views/try_image.py").run()
+    assert not at.exception, at.exception
+    assert any("the threshold chosen on the Threshold page" in c.value for c in at.caption)
+    at.switch_page("views/results.py").run()
+    assert not at.exception, at.exception
+    at.switch_page("views/labeling.py").run()
+    assert not at.exception, at.exception
+    assert any(f"threshold {mid:.4g}: the threshold chosen" in c.value for c in at.caption)
