@@ -485,15 +485,8 @@ def main() -> None:
     if snap.state.get("fnet_id") != fnet.id:
         st.info("The last Ano-Unet job used another f-Net: **Run Ano-Unet** for this one.", icon=":material/auto_fix_high:")
         return
-    if snap.running:
-        draw_progress(snap.id)
-    elif snap.status == "failed":
-        st.error(f"Ano-Unet failed: {snap.error}", icon=":material/error:")
-    elif snap.result is None:
-        st.info("This result is no longer in memory: **Run Ano-Unet** again (cached images come back at once).",
-                icon=":material/history:")
-    else:
-        draw_result(snap, sel)
+    ui.draw_job_state(snap, "Ano-Unet", "**Run Ano-Unet** again (cached images come back at once).", draw_progress,
+                      lambda sn: draw_result(sn, sel))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the f-Net…")

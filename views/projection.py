@@ -618,14 +618,7 @@ def main() -> None:
     if snap.state.get("run_id") != run.id:
         st.info("The last projection belongs to another run: **Run projection** for this one.", icon=":material/animation:")
         return
-    if snap.running:
-        draw_progress(snap.id)
-    elif snap.status == "failed":
-        st.error(f"The projection failed: {snap.error}", icon=":material/error:")
-    elif snap.result is None:
-        st.info("This result is no longer in memory: **Run projection** again.", icon=":material/history:")
-    else:
-        draw_result(snap, run)
+    ui.draw_job_state(snap, "The projection", "**Run projection** again.", draw_progress, lambda sn: draw_result(sn, run))
 
 
 if __name__ == "__main__":

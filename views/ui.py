@@ -354,3 +354,17 @@ def operating_threshold(run_id: str, f1_threshold: float | None) -> tuple[float 
     if t is not None and str(st.session_state.get(KEY_THRESHOLD_FOR, "")).startswith(f"{run_id}|reconstruction|"):
         return float(t), "the threshold chosen on the Threshold page"
     return f1_threshold, "the F1-max threshold"
+
+
+def draw_job_state(snap: JobSnapshot, what: str, again: str, progress: Callable[[str], None],
+                   result: Callable[[JobSnapshot], None]) -> None:
+    """A page's background job: live ``progress(job id)`` while it runs, the error when it failed, a hint
+    (``again``) when its result was dropped from memory, else ``result(snapshot)``."""
+    if snap.running:
+        progress(snap.id)
+    elif snap.status == "failed":
+        st.error(f"{what} failed: {snap.error}", icon=":material/error:")
+    elif snap.result is None:
+        st.info(f"This result is no longer in memory: {again}", icon=":material/history:")
+    else:
+        result(snap)
