@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.images import ImageError, read_image, resize, to_channels, to_float_chw
 from core.runs import LoadedRun
@@ -76,3 +77,24 @@ def position(score: float, scores: np.ndarray, labels: np.ndarray, threshold: fl
 
     flagged = None if threshold is None else bool(score >= threshold)
     return Position(pct(scores[labels == 0]), pct(scores[labels == 1]), threshold, flagged)
+
+
+def maps_for(run: LoadedRun, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's anomaly maps and scores for uint8 ``[N, C, H, W]`` images, at the images' size.
+
+    Images are converted to the run's channels and size; the maps are resized back (bilinear). Used to
+    put another detector's map (e.g. Ano-Unet's, at the f-Net's size) beside the run's.
+    """
+    cfg = run.config
+    x = torch.from_numpy(images).float().div_(255.0)
+    if x.shape[1] != cfg.channels:
+        x = x.mean(1, keepdim=True) if cfg.channels == 1 else x.expand(-1, cfg.channels, -1, -1)
+    h = x.shape[-1]
+    if h != cfg.size:
+        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        out = run.detector().predict(x)
+    amap = out.anomaly_map.float().unsqueeze(1)
+    if amap.shape[-1] != h:
+        amap = F.interpolate(amap, size=(h, h), mode="bilinear", align_corners=False)
+    return amap[:, 0].numpy(), out.score.float().numpy()

@@ -22,7 +22,6 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
-import torch.nn.functional as F
 
 from core import metrics
 from core.anounet import AnoUnetConfig
@@ -30,6 +29,7 @@ from core.data.loading import LoadedSplit, load_split
 from core.fnet import load_fnet
 from core.images import IMAGE_SUFFIXES
 from core.jobs import Job, JobRegistry, JobSnapshot
+from core.predict import maps_for
 from core.runs import LoadedRun, RunError
 from core.tasks import anounet_task
 from core.train import TrainConfig
@@ -121,29 +121,9 @@ def start_or_reuse(registry: JobRegistry, request: Request, fnet_dir: Path, imag
     return request.job_id, False
 
 
-def comparison_maps(run: LoadedRun, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The reconstruction run's maps and scores for uint8 ``[N, C, H, W]`` images at the images' size.
-
-    Images are converted to the run's channels and size; the maps are resized back (bilinear).
-    """
-    cfg = run.config
-    x = torch.from_numpy(images).float().div_(255.0)
-    if x.shape[1] != cfg.channels:
-        x = x.mean(1, keepdim=True) if cfg.channels == 1 else x.expand(-1, cfg.channels, -1, -1)
-    h = x.shape[-1]
-    if h != cfg.size:
-        x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", align_corners=False, antialias=True)
-    with torch.no_grad():
-        out = run.detector().predict(x)
-    amap = out.anomaly_map.float().unsqueeze(1)
-    if amap.shape[-1] != h:
-        amap = F.interpolate(amap, size=(h, h), mode="bilinear", align_corners=False)
-    return amap[:, 0].numpy(), out.score.float().numpy()
-
-
 @st.cache_data(max_entries=8, show_spinner=False)
 def _cached_comparison(run_dir: str, mtime_ns: int, job_id: str, _run: LoadedRun, _images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return comparison_maps(_run, _images)
+    return maps_for(_run, _images)
 
 
 # --------------------------------------------------------------------------- figures

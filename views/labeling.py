@@ -31,6 +31,7 @@ from core.labels import (
     export_mvtec,
     file_sha1,
     read_label_file,
+    review_order,
 )
 from core.workspace import workspace_dir
 from core.runs import RunError
@@ -52,7 +53,7 @@ KEY_FLASH = "label_flash"
 KEY_CANVAS_VERSION = "label_canvas_version"
 KEY_IMPORT = "label_import_file"
 
-QUEUES = {
+QUEUES = {  # core.labels.review_order
     "unlabeled": "Unlabeled first",
     "disagree": "Disagreeing with the model",
     "closest": "Closest to the threshold",
@@ -65,37 +66,6 @@ GENERIC_DEFECT = "defective"
 
 
 # --------------------------------------------------------------------------- queue
-def queue_order(kind: str, labels_mine: list[Any], dataset_labels: np.ndarray, scores: np.ndarray | None,
-                threshold: float | None, seed: int = 0) -> list[int]:
-    """Sample indices in review order for queue ``kind``.
-
-    * ``unlabeled``: images without a label of mine first (highest model score first when scored), then
-      the labeled ones;
-    * ``disagree``: images whose label (mine, else the dataset's) disagrees with the model's verdict at
-      ``threshold``, farthest from the threshold first, then the rest;
-    * ``closest``: nearest to ``threshold`` first;
-    * ``random``: a fixed shuffle (``seed``).
-    """
-    n = len(labels_mine)
-    idx = np.arange(n)
-    if kind == "random":
-        return [int(i) for i in np.random.default_rng(seed).permutation(n)]
-    if scores is None or threshold is None:
-        if kind == "unlabeled":
-            return [int(i) for i in sorted(idx, key=lambda i: labels_mine[i] is not None)]
-        return [int(i) for i in idx]
-    if kind == "unlabeled":
-        return [int(i) for i in sorted(idx, key=lambda i: (labels_mine[i] is not None, -scores[i]))]
-    if kind == "closest":
-        return [int(i) for i in np.argsort(np.abs(scores - threshold), kind="stable")]
-    verdict = scores >= threshold
-    truth = np.array([(r.label == "defective") if r is not None and r.label != "unsure" else (d == 1 if d >= 0 else None)
-                      for r, d in zip(labels_mine, dataset_labels)], dtype=object)
-    wrong = np.array([t is not None and bool(t) != bool(v) for t, v in zip(truth, verdict)])
-    dist = np.abs(scores - threshold)
-    return [int(i) for i in sorted(idx, key=lambda i: (not wrong[i], -dist[i] if wrong[i] else dist[i]))]
-
-
 # --------------------------------------------------------------------------- images
 @st.cache_data(max_entries=64, show_spinner=False)
 def display_image(path: str, mtime_ns: int, px: int = VIEW_PX) -> np.ndarray | str:
@@ -410,7 +380,7 @@ def main() -> None:
                                  on_change=lambda: st.session_state.pop(KEY_CURRENT, None)) or "unlabeled"
     c2.toggle("Heatmap", key=KEY_HEAT, disabled=ss is None or ss.maps is None, help="Overlay the model's anomaly map.")
     st.caption(model_note)
-    order = queue_order(queue, eff.mine, eff.dataset_labels, scores, t)
+    order = review_order(queue, eff.mine, eff.dataset_labels, scores, t)
     paths = [eff.relpaths[k] for k in order]
     if st.session_state.get(KEY_CURRENT_FOR) != dataset:  # another dataset: same relative paths mean other images
         st.session_state[KEY_CURRENT_FOR] = dataset

@@ -190,7 +190,9 @@ def test_comparison_maps_convert_channels_and_size(runs: tuple[Path, Path]) -> N
     _, ae = runs
     run = load_run(ae)
     gray = np.random.default_rng(0).integers(0, 255, (2, 1, 48, 48), dtype=np.uint8)
-    maps, scores = anounet.comparison_maps(run, gray)
+    from core.predict import maps_for
+
+    maps, scores = maps_for(run, gray)
     assert maps.shape == (2, 48, 48) and scores.shape == (2,) and np.isfinite(maps).all()
 
 

@@ -476,3 +476,19 @@ def test_process_killed_mid_write_leaves_database_intact(tmp_path: Path) -> None
     assert store.count() == committed + 1
     print(f"\n[labels] killed after {committed} committed single-label writes ({committed / elapsed:.0f} commits/s incl. start, "
           f"last reported {last + 1}); killed inside a 20000-row import at row 5000: 0 rows applied; integrity_check ok")
+
+
+def test_review_order_queues() -> None:
+    from types import SimpleNamespace
+
+    from core.labels import review_order
+
+    mine = [None, SimpleNamespace(label="good"), None, SimpleNamespace(label="defective")]
+    dataset = np.array([1, 1, 0, 0])
+    scores = np.array([0.9, 0.1, 0.5, 0.2])
+    assert review_order("unlabeled", mine, dataset, scores, 0.4) == [0, 2, 3, 1]  # unlabeled first; each part by score
+    assert review_order("closest", mine, dataset, scores, 0.4) == [2, 3, 1, 0]  # |s - t| = .5 .3 .1 .2
+    # verdicts at 0.4: flagged 0, 2; truths (mine, else dataset): 1, 0, 0, 1 -> wrong: 2 (false alarm), 3 (miss)
+    assert review_order("disagree", mine, dataset, scores, 0.4)[:2] == [3, 2]
+    assert sorted(review_order("random", mine, dataset, scores, 0.4)) == [0, 1, 2, 3]
+    assert review_order("unlabeled", mine, dataset, None, None) == [0, 2, 1, 3]
