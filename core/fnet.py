@@ -451,7 +451,7 @@ def fit_fnet(
     from core.data.loading import augment_batch, detect_channels, load_split
     from core.device import autocast, resolve_device, resolve_precision
     from core.metrics import image_auroc
-    from core.train import Progress, _split_train_val
+    from core.train import Progress, _split_train_val, stop_reason
 
     cfg.validate()
     if resume:
@@ -588,11 +588,9 @@ def fit_fnet(
             if progress:
                 progress(Progress("epoch", epoch, cfg.epochs, batches, batches, train_loss, val_loss, best_val, elapsed,
                                   elapsed / epoch * (cfg.epochs - epoch), None, list(history)))
-            if epoch - best_epoch >= cfg.patience:
-                status = "early_stopped"
-                break
-            if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
-                status = "time_budget"
+            ended = stop_reason(cfg, epoch, best_epoch, elapsed)
+            if ended:
+                status = ended
                 break
     except BaseException as exc:
         runs.write_history(run_dir, "failed", history, best_epoch, best_val, error=f"{type(exc).__name__}: {exc}")

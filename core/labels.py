@@ -108,15 +108,12 @@ def dataset_key(data: str, category: str | None = None, *, seed: int = 0) -> str
     Raises:
         DatasetError: an unknown built-in name or category.
     """
-    from core.data.builtin import builtin_categories, builtin_name, is_builtin
+    from core.data.builtin import builtin_category, builtin_name, is_builtin
 
     data = str(data)
     if is_builtin(data):
         name = builtin_name(data)
-        cats = builtin_categories(name)
-        category = category or cats[0]
-        if category not in cats:
-            raise DatasetError(f"{data} has no category {category!r}; available: {', '.join(cats)}")
+        category = builtin_category(data, category)
         suffix = f"@seed{seed}" if name == "synthetic" and seed else ""
         return f"builtin:{name}/{category}{suffix}"
     return _category_folder(Path(data).expanduser(), category).as_posix()

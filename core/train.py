@@ -182,6 +182,16 @@ def _preview(model, images: torch.Tensor, device, precision, channels_last) -> l
     return [(a.float().cpu().numpy(), b.float().clamp(0, 1).cpu().numpy()) for a, b in zip(x, recon)]
 
 
+def stop_reason(cfg: TrainConfig, epoch: int, best_epoch: int, elapsed: float) -> str | None:
+    """Why training ends after ``epoch``: ``early_stopped`` (no improvement for ``patience`` epochs),
+    ``time_budget`` (over ``max_minutes``), or None to go on. Shared by every training loop."""
+    if epoch - best_epoch >= cfg.patience:
+        return "early_stopped"
+    if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
+        return "time_budget"
+    return None
+
+
 def fit(
     cfg: TrainConfig,
     run_dir: Path | None = None,
@@ -330,11 +340,9 @@ def fit(
                         _preview(model, preview_images, device, precision, channels_last), list(history),
                     )
                 )
-            if epoch - best_epoch >= cfg.patience:
-                status = "early_stopped"
-                break
-            if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
-                status = "time_budget"
+            ended = stop_reason(cfg, epoch, best_epoch, elapsed)
+            if ended:
+                status = ended
                 break
     except BaseException as exc:
         runs.write_history(run_dir, "failed", history, best_epoch, best_val, error=f"{type(exc).__name__}: {exc}")

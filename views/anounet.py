@@ -27,7 +27,6 @@ from core import metrics
 from core.anounet import AnoUnetConfig
 from core.data.loading import LoadedSplit, load_split
 from core.fnet import load_fnet
-from core.images import IMAGE_SUFFIXES
 from core.jobs import Job, JobRegistry, JobSnapshot
 from core.predict import maps_for
 from core.runs import LoadedRun, RunError
@@ -58,9 +57,7 @@ KEY_TRAIN_SIZE = "anounet_train_size"
 KEY_TRAIN_EPOCHS = "anounet_train_epochs"
 KEY_TRAIN_BUTTON = "anounet_train_submit"
 
-SOURCE_TEST = "Test images"
-SOURCE_UPLOAD = "Upload"
-UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
+SOURCE_TEST, SOURCE_UPLOAD, UPLOAD_TYPES = ui.SOURCE_TEST, ui.SOURCE_UPLOAD, ui.UPLOAD_TYPES
 MAX_IMAGES = 16
 MAX_EPOCHS = 1000
 PREVIEW_EVERY = 5

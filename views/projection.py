@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core.images import IMAGE_SUFFIXES, to_float_chw
+from core.images import to_float_chw
 from core.jobs import Job, JobContext, JobRegistry, JobSnapshot
 from core.projection import MAP_MODES, ProjectionConfig, mean_energy_curve, project, projection_map
 from core.runs import LoadedRun
@@ -47,9 +47,7 @@ KEY_RUN_BUTTON = "projection_run"
 KEY_JOB = "projection_job_id"
 KEY_STEP = "projection_step"
 
-SOURCE_TEST = "Test images"
-SOURCE_UPLOAD = "Upload"
-UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
+SOURCE_TEST, SOURCE_UPLOAD, UPLOAD_TYPES = ui.SOURCE_TEST, ui.SOURCE_UPLOAD, ui.UPLOAD_TYPES
 MAX_IMAGES = 8  # frames are kept only for the shown images: memory stays bounded
 MAX_STEPS = 200
 MAX_FRAMES = 51  # stored (and animated) steps: evenly spread over the run, always the first and last

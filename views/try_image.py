@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.images import IMAGE_SUFFIXES, to_float_chw, to_uint8_hwc
+from core.images import to_float_chw, to_uint8_hwc
 from core.predict import Analysis, analyze_image, analyze_upload, position
 from core.runs import LoadedRun
 from core.viz import heatmap, overlay, strip
@@ -21,7 +21,7 @@ from views.results import DEFECT_COLOR, GOOD_COLOR, checkpoint_mtime, defect_bad
 
 KEY_UPLOADS = "try_uploads"
 KEY_EXAMPLE = "try_example"
-UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
+UPLOAD_TYPES = ui.UPLOAD_TYPES
 
 
 # --------------------------------------------------------------------------- drawing

@@ -18,7 +18,7 @@ import streamlit as st
 
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.index import DatasetError, DatasetIndex
-from core.images import ImageError, read_image, resize, to_channels
+from core.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels
 from core.explorer import ScoredSet
 from core.jobs import Job, JobRegistry, JobSnapshot
 from core.labels import EffectiveLabels, LabelStore, dataset_key, effective_labels, relabel_scored
@@ -37,6 +37,9 @@ KEY_THRESHOLD_FOR = "thr_threshold_for"  # "<run id>|<detector>|<label fingerpri
 LABEL_SOURCE_NAMES = {"dataset": "Dataset folders", "mine": "My labels", "merged": "Merged: mine override"}
 KEY_TRAIN_JOB = "train_job_id"
 PERSIST_PREFIX = "_kept_"
+SOURCE_TEST = "Test images"  # image pickers of the Projection and Ano-Unet pages
+SOURCE_UPLOAD = "Upload"
+UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
 CUSTOM_SOURCE = "Custom folder…"
 
 

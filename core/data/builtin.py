@@ -105,6 +105,15 @@ def categories(spec: str) -> list[str]:
     return list_categories(Path(spec))
 
 
+def builtin_category(spec: str, category: str | None) -> str:
+    """The category of a built-in dataset: ``category``, or the first one; DatasetError for an unknown one."""
+    cats = builtin_categories(builtin_name(spec))
+    category = category or cats[0]
+    if category not in cats:
+        raise DatasetError(f"{spec} has no category {category!r}; available: {', '.join(cats)}")
+    return category
+
+
 def open_dataset(spec: str, category: str | None = None, *, seed: int = 0) -> DatasetIndex:
     """Resolve a dataset spec and category to an index, generating built-in data on first use.
 
@@ -118,10 +127,7 @@ def open_dataset(spec: str, category: str | None = None, *, seed: int = 0) -> Da
     """
     if is_builtin(spec):
         name = builtin_name(spec)
-        cats = builtin_categories(name)
-        category = category or cats[0]
-        if category not in cats:
-            raise DatasetError(f"{spec} has no category {category!r}; available: {', '.join(cats)}")
+        category = builtin_category(spec, category)
         if name == "synthetic":
             root = synthetic_root(seed)
             synthetic.generate_category(root, category, seed=seed)
