@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from core.errors import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -29,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(available_devices()[0])
     dev = torch.device(name)
     if dev.type not in available_devices():
-        raise ValueError(f"device {name!r} is not available here; available: {', '.join(available_devices())}")
+        raise ConfigError(f"device {name!r} is not available here; available: {', '.join(available_devices())}")
     return dev
 
 
@@ -46,7 +48,7 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> fp16 on CUDA, bf16 on a CPU with native bf16, else fp32."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -8,15 +8,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from core.config import TrainConfig
+from core.errors import AnomalyLabError
+from core.models import build_model
 from core.workspace import atomic_torch_save, atomic_write_json, runs_dir
-
-if TYPE_CHECKING:
-    from core.models.contract import Detector
-    from core.train import TrainConfig
 
 BEST_CKPT = "model.pt"
 LAST_CKPT = "last.pt"
@@ -27,7 +26,7 @@ SCORES_FILE = "scores.csv"
 CHECKPOINT_FORMAT = "anomalylab-checkpoint/1"
 
 
-class RunError(ValueError):
+class RunError(AnomalyLabError):
     """A run folder or checkpoint that cannot be used."""
 
 
@@ -134,18 +133,6 @@ class LoadedRun:
         """Folder name of the run."""
         return self.path.name
 
-    def detector(self, **score_overrides: Any) -> Detector:
-        """A detector over this run's model: the reconstruction detector with the run's score settings
-        (optionally overridden), or for an f-Net run the distance to C (``core.fnet.FNetDetector``)."""
-        from dataclasses import replace
-
-        from core.scoring import ReconstructionDetector
-
-        if self.config.model == "fnet":
-            from core.fnet import FNetDetector
-
-            return FNetDetector(self.model)
-        return ReconstructionDetector(self.model, replace(self.config.score_config(), **score_overrides))
 
 
 def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> LoadedRun:
@@ -154,8 +141,6 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> LoadedR
     Raises:
         RunError: not a run folder, or an unusable checkpoint.
     """
-    from core.models import build_model
-    from core.train import TrainConfig
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -169,6 +154,21 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> LoadedR
         raise RunError(f"checkpoint in {run_dir.name} does not match its model ({str(exc)[:200]})") from None
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, model, int(payload.get("epoch", 0)))
+
+
+def run_model(run_dir: Path | str) -> str:
+    """The model name a run folder's ``config.json`` names (``ae``, ``vae``, ``unet``, ``fnet``).
+
+    Raises:
+        RunError: not a run folder, or no readable config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run folder")
+    cfg = read_json(run_dir / CONFIG_FILE).get("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+        raise RunError(f"{run_dir / CONFIG_FILE} names no model")
+    return cfg["model"]
 
 
 def list_runs(root: Path | None = None) -> list[Path]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.images import to_uint8_hwc
+from core.data.images import to_uint8_hwc
+from core.errors import ConfigError
 
 
 def heatmap(amap: np.ndarray, vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
@@ -72,7 +73,7 @@ def gif_bytes(frames: list[np.ndarray], duration_ms: int = 200, last_hold_ms: in
     from PIL import Image
 
     if not frames:
-        raise ValueError("no frames to write")
+        raise ConfigError("no frames to write")
     images = [Image.fromarray(f) for f in frames]
     durations = [duration_ms] * (len(images) - 1) + [last_hold_ms]
     buf = io.BytesIO()

@@ -23,15 +23,14 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core import metrics
-from core.anounet import AnoUnetConfig
+from core.config import AnoUnetConfig, TrainConfig
 from core.data.loading import LoadedSplit, load_split
-from core.fnet import load_fnet
-from core.jobs import Job, JobRegistry, JobSnapshot
-from core.predict import maps_for
+from core.detectors.fnet_distance import load_fnet
+from core.evaluation import metrics
 from core.runs import LoadedRun, RunError
-from core.tasks import anounet_task
-from core.train import TrainConfig
+from core.services.jobs import Job, JobRegistry, JobSnapshot
+from core.services.predict import maps_for
+from core.services.tasks import anounet_task
 from core.viz import heatmap, mask_contour
 from views import jobs_view, ui
 from views.projection import display_scale, enlarge_nn, short_label

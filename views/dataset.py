@@ -2,7 +2,7 @@
 ground-truth mask, and the files that were skipped or cannot be decoded.
 
 Work happens in ``core`` (index, thumbnails, decoding, overlays); this page only draws. Thumbnails
-come from ``core.thumbnails`` (decoded once, cached on disk) and a page of them is additionally kept
+come from ``core.services.thumbnails`` (decoded once, cached on disk) and a page of them is additionally kept
 in ``st.cache_data``, so a 300-image page renders in well under a second once the cache is warm.
 "Check all files" decodes every image in a background job (a cold check of a few thousand files
 takes seconds), shared by all sessions through the process-wide job registry.
@@ -20,10 +20,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data.images import ImageError, read_image, read_mask, resize, to_channels
 from core.data.index import DatasetIndex, Sample
-from core.images import ImageError, read_image, read_mask, resize, to_channels
-from core.jobs import FAILED, FINISHED, JobContext
-from core.thumbnails import check_images, thumbnails
+from core.services.jobs import FAILED, FINISHED, JobContext
+from core.services.thumbnails import check_images, thumbnails
 from core.viz import mask_contour, overlay
 from views import ui
 

@@ -22,8 +22,37 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import explorer as ex
 from core.data.index import DatasetError
+from core.evaluation.curves import (
+    PRESETS,
+    Costs,
+    Curves,
+    apply_rule,
+    choose_threshold,
+    closest_to_threshold,
+    curves_for,
+    false_negatives,
+    false_positives,
+    iso_cost_line,
+    nearest_point,
+    operating_point,
+)
+from core.evaluation.pixel import (
+    binary_segmentation,
+    pixel_curves,
+    pixel_metrics,
+    segmentation_overlay,
+)
+from core.evaluation.record import (
+    check_record,
+    decision_record,
+    record_from_csv,
+    record_from_json,
+    record_to_csv,
+    record_to_json,
+)
+from core.detectors import registry as detectors
+from core.evaluation.scored import ScoredSet, scored_set, scored_set_path
 from core.runs import RunError
 from core.viz import heatmap, overlay
 from views import ui
@@ -56,11 +85,9 @@ RULE_LABELS = {
     "fpr": "Target false-alarm rate",
     "tpr": "Target miss rate",
     "cost": "Minimum expected cost",
-    "preset:first_screen": f"Preset: {ex.PRESETS['first_screen'].title}",
-    "preset:anything_unusual": f"Preset: {ex.PRESETS['anything_unusual'].title}",
+    "preset:first_screen": f"Preset: {PRESETS['first_screen'].title}",
+    "preset:anything_unusual": f"Preset: {PRESETS['anything_unusual'].title}",
 }
-DETECTOR_LABELS = {"reconstruction": "reconstruction error", "projection": "iterative projection", "fnet": "f-Net distance to C",
-                   "anounet": "Ano-Unet map"}
 BACKGROUND_DETECTORS = ("projection", "anounet")  # scored in a background job (seconds to minutes), then cached
 SLIDER_STEPS = 1000
 GALLERY_MAX = 24
@@ -72,49 +99,50 @@ COLORS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#e45756"]
 # --------------------------------------------------------------------------- scored sets
 def comparable_runs(sel: ui.Selection) -> list[dict]:
     """Runs of the sidebar's data that give image scores: AE/VAE (reconstruction) and f-Net (distance to C)."""
-    return [r for r in ui.run_summaries() if r["has_model"] and r["config"].get("model") in ("ae", "vae", "fnet")
-            and ui.same_data(r["config"], sel.data, sel.category)]
+    return [r for r in ui.run_summaries() if r["has_model"] and detectors.supported(str(r["config"].get("model")))
+            and r["config"].get("model") != "unet" and ui.same_data(r["config"], sel.data, sel.category)]
 
 
 def entry_options(runs: list[dict]) -> list[str]:
     """``run_id|detector`` for every run and each detector it supports."""
-    out = []
-    for r in runs:
-        if r["config"].get("model") == "fnet":
-            out += [f"{r['id']}|fnet", f"{r['id']}|anounet"]
-        else:
-            out += [f"{r['id']}|reconstruction", f"{r['id']}|projection"]
-    return out
+    return [f"{r['id']}|{spec.name}" for r in runs for spec in detectors.supported(str(r["config"].get("model")))]
+
+
+def detector_title(name: str) -> str:
+    try:
+        return detectors.get(name).title
+    except ValueError:
+        return name
 
 
 def entry_label(entry: str, by_id: dict[str, dict]) -> str:
     run_id, det = entry.split("|")
     model = by_id.get(run_id, {}).get("config", {}).get("model", "?").upper()
-    return f"{model} · {run_id} · {DETECTOR_LABELS.get(det, det)}"
+    return f"{model} · {run_id} · {detector_title(det)}"
 
 
-def load_scored(run_dir: Path, detector: str) -> ex.ScoredSet | None:
+def load_scored(run_dir: Path, detector: str) -> ScoredSet | None:
     """The cached scored set, computing reconstruction / f-Net scores here (a forward pass) and
     projection scores in a background job; None (after saying so) while that job runs or on error."""
-    if detector in BACKGROUND_DETECTORS and not ex.scored_set_path(run_dir, detector).exists():
+    if detector in BACKGROUND_DETECTORS and not scored_set_path(run_dir, detector).exists():
         return _scoring_job(run_dir, detector)
     try:
         with st.spinner(f"Scoring the test images of {run_dir.name}…"):
-            return ex.scored_set(run_dir, detector)
+            return scored_set(run_dir, detector)
     except (RunError, DatasetError, ValueError, OSError) as exc:
-        st.error(f"{run_dir.name} cannot be scored with {DETECTOR_LABELS.get(detector, detector)}: {exc}")
+        st.error(f"{run_dir.name} cannot be scored with {detector_title(detector)}: {exc}")
         return None
 
 
 def _scoring_job(run_dir: Path, detector: str) -> None:
     registry = ui.job_registry()
     job_id = f"scoring-{run_dir.name}-{detector}"
-    what = DETECTOR_LABELS[detector]
+    what = detector_title(detector)
     job = registry.get(job_id)
     if job is None or (not job.snapshot().running and job.snapshot().status != "finished"):
 
         def task(ctx: Any) -> dict:
-            ex.scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
+            scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
             return {}
 
         try:
@@ -142,16 +170,16 @@ def rule_params() -> dict[str, Any]:
     return {
         "target_fpr": float(st.session_state.get(KEY_FPR, 5.0)) / 100.0,
         "target_tpr": 1.0 - float(st.session_state.get(KEY_MISS, 5.0)) / 100.0,
-        "costs": ex.Costs(float(st.session_state.get(KEY_COST_FP, 1.0)), float(st.session_state.get(KEY_COST_FN, 10.0)),
+        "costs": Costs(float(st.session_state.get(KEY_COST_FP, 1.0)), float(st.session_state.get(KEY_COST_FN, 10.0)),
                           float(st.session_state.get(KEY_COST_REVIEW, 0.0))),
     }
 
 
-def rule_threshold(curves: ex.Curves, rule: str, params: dict[str, Any]) -> float:
+def rule_threshold(curves: Curves, rule: str, params: dict[str, Any]) -> float:
     """The threshold ``rule`` (a key of RULE_LABELS other than manual) picks on ``curves``."""
     if rule.startswith("preset:"):
-        return float(ex.apply_rule(curves, "f1", preset=rule.split(":", 1)[1])["threshold"])
-    return ex.choose_threshold(curves, rule, target_fpr=params["target_fpr"], target_tpr=params["target_tpr"],
+        return float(apply_rule(curves, "f1", preset=rule.split(":", 1)[1])["threshold"])
+    return choose_threshold(curves, rule, target_fpr=params["target_fpr"], target_tpr=params["target_tpr"],
                                costs=params["costs"])
 
 
@@ -172,16 +200,16 @@ def _on_typed() -> None:
     _set_manual(st.session_state[KEY_TYPED])
 
 
-def _on_roc_click(curves: ex.Curves) -> None:
+def _on_roc_click(curves: Curves) -> None:
     event = st.session_state.get(KEY_ROC) or {}
     points = (event.get("selection") or {}).get("points") or []
     pts = [p for p in points if p.get("curve_number", 0) == 0] or points
     if pts:
         p = pts[0]
-        _set_manual(ex.nearest_point(curves, float(p["x"]), float(p["y"]))["threshold"])
+        _set_manual(nearest_point(curves, float(p["x"]), float(p["y"]))["threshold"])
 
 
-def current_threshold(ss: ex.ScoredSet, curves: ex.Curves) -> float:
+def current_threshold(ss: ScoredSet, curves: Curves) -> float:
     """Resolve the threshold for this run: the rule's, the kept manual value, or F1-max for a new set."""
     ident = f"{ss.run_id}|{ss.detector}|{ss.fingerprint_labels()}"
     if st.session_state.get(KEY_RULE) not in RULE_LABELS:
@@ -200,7 +228,7 @@ def current_threshold(ss: ex.ScoredSet, curves: ex.Curves) -> float:
     return float(st.session_state[KEY_T])
 
 
-def slider_range(curves: ex.Curves) -> tuple[float, float, float]:
+def slider_range(curves: Curves) -> tuple[float, float, float]:
     lo, hi = float(curves.score_min), float(curves.flag_nothing)
     if not hi > lo:
         hi = lo + 1.0
@@ -208,7 +236,7 @@ def slider_range(curves: ex.Curves) -> tuple[float, float, float]:
 
 
 # --------------------------------------------------------------------------- figures
-def roc_figure(entries: list[tuple[str, ex.Curves]], op: dict[str, Any], iso: dict[str, Any] | None) -> go.Figure:
+def roc_figure(entries: list[tuple[str, Curves]], op: dict[str, Any], iso: dict[str, Any] | None) -> go.Figure:
     """ROC curves (the first is the primary, clickable), the operating point and the iso-cost line."""
     fig = go.Figure()
     for k, (name, c) in enumerate(entries):
@@ -233,7 +261,7 @@ def roc_figure(entries: list[tuple[str, ex.Curves]], op: dict[str, Any], iso: di
     return fig
 
 
-def pr_figure(entries: list[tuple[str, ex.Curves]], op: dict[str, Any]) -> go.Figure:
+def pr_figure(entries: list[tuple[str, Curves]], op: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
     for k, (name, c) in enumerate(entries):
         ap = f"{c.average_precision:.3f}" if c.average_precision is not None else "n/a"
@@ -248,7 +276,7 @@ def pr_figure(entries: list[tuple[str, ex.Curves]], op: dict[str, Any]) -> go.Fi
     return fig
 
 
-def histogram_figure(ss: ex.ScoredSet, t: float) -> go.Figure:
+def histogram_figure(ss: ScoredSet, t: float) -> go.Figure:
     fig = go.Figure()
     lab = ss.labels
     lo, hi = float(ss.scores.min()), float(ss.scores.max())
@@ -266,7 +294,7 @@ def histogram_figure(ss: ex.ScoredSet, t: float) -> go.Figure:
 
 
 # --------------------------------------------------------------------------- sections
-def draw_controls(curves: ex.Curves) -> None:
+def draw_controls(curves: Curves) -> None:
     """Rule, its parameters, costs, slider and typed threshold (one source of truth: KEY_T)."""
     lo, hi, step = slider_range(curves)
     t = float(np.clip(st.session_state[KEY_T], lo, hi))
@@ -277,7 +305,7 @@ def draw_controls(curves: ex.Curves) -> None:
                         help="A rule recomputes the threshold whenever the data or its parameters change; moving the slider, "
                              "typing a value or clicking the ROC curve switches to Manual.")
     if rule.startswith("preset:"):
-        st.caption(ex.PRESETS[rule.split(":", 1)[1]].description)
+        st.caption(PRESETS[rule.split(":", 1)[1]].description)
     c1, c2 = st.columns(2)
     c1.number_input("False alarms at most (% of good parts)", 0.0, 100.0, 5.0, step=0.5, key=KEY_FPR,
                     disabled=rule != "fpr", help="Target false-alarm rate: the lowest threshold that flags at most this share "
@@ -294,7 +322,7 @@ def draw_controls(curves: ex.Curves) -> None:
     st.number_input("Type a threshold", lo, hi, step=step, key=KEY_TYPED, on_change=_on_typed, format="%.6g")
 
 
-def draw_consequences(op: dict[str, Any], curves: ex.Curves) -> None:
+def draw_consequences(op: dict[str, Any], curves: Curves) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Defects caught (TPR)", f"{op['tpr']:.1%}", help=f"{op['tp']} of {op['n_pos']} defective images flagged.")
     c2.metric("False alarms (FPR)", f"{op['fpr']:.1%}", help=f"{op['fp']} of {op['n_neg']} good images flagged.")
@@ -318,7 +346,7 @@ def _thumb(view: dict[str, Any], i_view: int, amap: np.ndarray | None, vmax: flo
     return enlarge(img, THUMB_PX)
 
 
-def draw_gallery(ss: ex.ScoredSet, idx: np.ndarray, view: dict[str, Any] | None, empty: str, t: float) -> None:
+def draw_gallery(ss: ScoredSet, idx: np.ndarray, view: dict[str, Any] | None, empty: str, t: float) -> None:
     if idx.size == 0:
         st.caption(empty)
         return
@@ -340,9 +368,9 @@ def draw_gallery(ss: ex.ScoredSet, idx: np.ndarray, view: dict[str, Any] | None,
         st.caption(f"… and {idx.size - GALLERY_MAX} more.")
 
 
-def draw_galleries(ss: ex.ScoredSet, curves: ex.Curves, t: float, view: dict[str, Any] | None) -> None:
-    fps, fns = ex.false_positives(curves, t), ex.false_negatives(curves, t)
-    close = ex.closest_to_threshold(curves, t, k=GALLERY_MAX)
+def draw_galleries(ss: ScoredSet, curves: Curves, t: float, view: dict[str, Any] | None) -> None:
+    fps, fns = false_positives(curves, t), false_negatives(curves, t)
+    close = closest_to_threshold(curves, t, k=GALLERY_MAX)
     tab_fp, tab_fn, tab_close = st.tabs([f"False alarms ({fps.size})", f"Misses ({fns.size})", "Closest to the threshold"])
     with tab_fp:
         draw_gallery(ss, fps, view, "No false alarm at this threshold.", t)
@@ -355,13 +383,13 @@ def draw_galleries(ss: ex.ScoredSet, curves: ex.Curves, t: float, view: dict[str
         st.caption("Thumbnails: the image with its anomaly map overlaid; caption: name · score (distance to the threshold) · label.")
 
 
-def draw_pixel_level(ss: ex.ScoredSet, view: dict[str, Any] | None) -> None:
+def draw_pixel_level(ss: ScoredSet, view: dict[str, Any] | None) -> None:
     st.subheader("Pixel level")
     if ss.maps is None:
         st.caption("This detector gives no anomaly map (the f-Net scores whole images).")
         return
     with st.spinner("Pixel curves…"):
-        pc = ex.pixel_curves(ss)
+        pc = pixel_curves(ss)
     if pc is None:
         st.caption("No image of this test set has a defect mask: pixel metrics need masks.")
         return
@@ -371,7 +399,7 @@ def draw_pixel_level(ss: ex.ScoredSet, view: dict[str, Any] | None) -> None:
     step = (hi - lo) / SLIDER_STEPS if hi > lo else 1.0
     pt = st.slider("Pixel threshold", lo, max(hi, lo + step), step=step, key=KEY_PIXEL_T, format="%.4g",
                    help=f"Pixels with a map value at or above it are segmented as defect. Pixel F1-max at {pc.f1_threshold:.4g}.")
-    pm = ex.pixel_metrics(pc, pt)
+    pm = pixel_metrics(pc, pt)
     c = st.columns(6)
     c[0].metric("Pixel precision", f"{pm['precision']:.3f}")
     c[1].metric("Pixel recall", f"{pm['recall']:.3f}")
@@ -412,9 +440,9 @@ def draw_pixel_level(ss: ex.ScoredSet, view: dict[str, Any] | None) -> None:
     cols = st.columns(max(1, len(chosen)) if chosen else 1)
     for col, path in zip(cols, chosen):
         i = ss.index_of(path)
-        seg = ex.binary_segmentation(ss.maps[i], pm["threshold_used"])
+        seg = binary_segmentation(ss.maps[i], pm["threshold_used"])
         mask = ss.masks[i] if ss.masks is not None else None
-        img = ex.segmentation_overlay(view["images"][names[path]], seg, mask)
+        img = segmentation_overlay(view["images"][names[path]], seg, mask)
         col.image(enlarge(img, 160), caption=f"{Path(path).parent.name}/{Path(path).stem}", output_format="PNG")
     st.caption("Red tint: pixels at or above the pixel threshold; green outline: the ground-truth defect.")
 
@@ -426,13 +454,13 @@ def _apply_record() -> None:
         return
     data = f.getvalue()
     try:
-        rec = ex.record_from_csv(data) if f.name.lower().endswith(".csv") else ex.record_from_json(data)
+        rec = record_from_csv(data) if f.name.lower().endswith(".csv") else record_from_json(data)
     except ValueError as exc:
         st.session_state[KEY_RECORD_MSG] = ("error", f"{f.name} is not a decision record: {exc}")
         return
     rule = rec.get("rule") or "manual"
     preset = rec.get("preset")
-    st.session_state[KEY_RULE] = f"preset:{preset}" if preset in ex.PRESETS else (rule if rule in RULE_LABELS else "manual")
+    st.session_state[KEY_RULE] = f"preset:{preset}" if preset in PRESETS else (rule if rule in RULE_LABELS else "manual")
     if st.session_state[KEY_RULE] == "manual":
         st.session_state[KEY_T] = float(rec["threshold"])
     params, costs = rec.get("rule_params") or {}, rec.get("costs") or {}
@@ -449,16 +477,16 @@ def _apply_record() -> None:
     st.session_state[KEY_RECORD_MSG] = ("record", json.dumps(rec))
 
 
-def draw_record(ss: ex.ScoredSet, curves: ex.Curves, t: float) -> None:
+def draw_record(ss: ScoredSet, curves: Curves, t: float) -> None:
     st.subheader("Decision record")
     rule = st.session_state.get(KEY_RULE, "manual")
     params = rule_params()
     preset = rule.split(":", 1)[1] if rule.startswith("preset:") else None
-    base_rule = ex.PRESETS[preset].rule if preset else rule
-    rec = ex.decision_record(
+    base_rule = PRESETS[preset].rule if preset else rule
+    rec = decision_record(
         ss, t, curves=curves, rule=base_rule, preset=preset,
-        target_fpr=params["target_fpr"] if base_rule == "fpr" else (ex.PRESETS[preset].target_fpr if preset else None),
-        target_tpr=params["target_tpr"] if base_rule == "tpr" else (ex.PRESETS[preset].target_tpr if preset else None),
+        target_fpr=params["target_fpr"] if base_rule == "fpr" else (PRESETS[preset].target_fpr if preset else None),
+        target_tpr=params["target_tpr"] if base_rule == "tpr" else (PRESETS[preset].target_tpr if preset else None),
         costs=params["costs"], pixel_threshold=st.session_state.get(KEY_PIXEL_T) if ss.maps is not None else None,
         note=st.session_state.get(KEY_NOTE) or None)
     left, right = st.columns([3, 2])
@@ -466,12 +494,12 @@ def draw_record(ss: ex.ScoredSet, curves: ex.Curves, t: float) -> None:
         st.text_input("Note (who decided, why)", key=KEY_NOTE)
         b1, b2 = st.columns(2)
         stem = f"decision-{ss.run_id}-{ss.detector}"
-        b1.download_button("Download JSON", ex.record_to_json(rec), file_name=f"{stem}.json", mime="application/json",
+        b1.download_button("Download JSON", record_to_json(rec), file_name=f"{stem}.json", mime="application/json",
                            icon=":material/download:", width="stretch")
-        b2.download_button("Download CSV", ex.record_to_csv(rec), file_name=f"{stem}.csv", mime="text/csv",
+        b2.download_button("Download CSV", record_to_csv(rec), file_name=f"{stem}.csv", mime="text/csv",
                            icon=":material/download:", width="stretch")
         st.caption(f"Threshold {t:.6g} ({RULE_LABELS.get(rule, rule)}), the metrics there, the costs, run `{ss.run_id}` "
-                   f"({DETECTOR_LABELS.get(ss.detector, ss.detector)}), fingerprints of the data ({rec['data_fingerprint'][:10]}…) "
+                   f"({detector_title(ss.detector)}), fingerprints of the data ({rec['data_fingerprint'][:10]}…) "
                    f"and of the labels ({rec['label_fingerprint'][:10]}…), and the time.")
     with right:
         st.file_uploader("Import a record (restores the choice)", type=["json", "csv"], key=KEY_RECORD, on_change=_apply_record)
@@ -480,7 +508,7 @@ def draw_record(ss: ex.ScoredSet, curves: ex.Curves, t: float) -> None:
             st.error(msg[1])
         elif msg and msg[0] == "record":
             imported = json.loads(msg[1])
-            problems = ex.check_record(imported, ss)
+            problems = check_record(imported, ss)
             if problems:
                 st.warning("The imported record does not match what is shown: " + "; ".join(problems)
                            + ". Its threshold and settings were restored anyway; check before relying on them.")
@@ -504,7 +532,7 @@ def main() -> None:
     if st.session_state.get(KEY_DETECTOR) not in primary_opts:
         st.session_state[KEY_DETECTOR] = primary_opts[0]
     primary = c1.selectbox("Detector of the sidebar run", primary_opts, key=KEY_DETECTOR,
-                           format_func=lambda e: DETECTOR_LABELS[e.split("|")[1]],
+                           format_func=lambda e: detector_title(e.split("|")[1]),
                            help="Reconstruction error or the iterative projection's map (AE/VAE runs), the distance to C "
                                 "or the Ano-Unet map (f-Net runs). Projection and Ano-Unet are scored once in the background, "
                                 "then cached in the run folder.")
@@ -517,7 +545,7 @@ def main() -> None:
     if ss is None:
         return
     ss = ui.relabeled(ss, sel)
-    curves = ex.curves_for(ss)
+    curves = curves_for(ss)
     if curves.n_pos == 0 or curves.n_neg == 0:
         st.warning("The test set needs both good and defective images with labels to choose a threshold.")
         return
@@ -529,11 +557,11 @@ def main() -> None:
             if other.fingerprint_data() != ss.fingerprint_data():
                 st.warning(f"{entry_label(e, by_id)} was scored on a different test set: left out.")
                 continue
-            entries.append((entry_label(e, by_id), ex.curves_for(other)))
+            entries.append((entry_label(e, by_id), curves_for(other)))
     t = current_threshold(ss, curves)
     params = rule_params()
-    op = ex.operating_point(curves, t, params["costs"])
-    iso = ex.iso_cost_line(curves, params["costs"], t) if params["costs"].cost_fn > 0 or params["costs"].cost_fp > 0 else None
+    op = operating_point(curves, t, params["costs"])
+    iso = iso_cost_line(curves, params["costs"], t) if params["costs"].cost_fn > 0 or params["costs"].cost_fp > 0 else None
 
     left, right = st.columns([2, 3], gap="large")
     with left:

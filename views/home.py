@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.train import TrainConfig
+from core.config import TrainConfig
 from views import jobs_view, ui
 
 # A small AE with a 45-second training budget: the whole job (data generation on first use, training,

@@ -8,11 +8,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.images import to_uint8_hwc
-from core.jobs import JobSnapshot
-from core.models import RECONSTRUCTION_MODELS
-from core.train import TrainConfig
-from core.tasks import training_task
+from core.config import RECONSTRUCTION_MODELS, TrainConfig
+from core.data.images import to_uint8_hwc
+from core.services.jobs import JobSnapshot
+from core.services.tasks import training_task
 from core.viz import strip
 from views import ui
 

@@ -19,23 +19,24 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from core import explorer as ex
+from core.data.images import ImageError, read_image, to_channels
 from core.data.index import DatasetError, DatasetIndex
-from core.images import ImageError, read_image, to_channels
-from core.labels import (
+from core.evaluation.curves import curves_for
+from core.evaluation.scored import ScoredSet, scored_set
+from core.labels.effective import effective_labels
+from core.labels.export import export_mvtec
+from core.labels.review import review_order
+from core.labels.store import (
     LabelError,
     LabelImportError,
     LabelStoreError,
     dataset_key,
-    effective_labels,
-    export_mvtec,
     file_sha1,
     read_label_file,
-    review_order,
 )
-from core.workspace import workspace_dir
 from core.runs import RunError
 from core.viz import heatmap, mask_contour, overlay
+from core.workspace import workspace_dir
 from views import ui
 from views.results import GOOD
 
@@ -168,20 +169,20 @@ def _save_mask(dataset: str, rel: str, path: str, mask: np.ndarray, shape: tuple
 
 
 # --------------------------------------------------------------------------- drawing
-def model_view(sel: ui.Selection) -> tuple[ex.ScoredSet | None, float | None, str]:
+def model_view(sel: ui.Selection) -> tuple[ScoredSet | None, float | None, str]:
     """The sidebar run's scores on this test set and the threshold in use (the Threshold page's, or F1-max)."""
     if sel.run_dir is None:
         return None, None, "No run selected: the model-based queues and the heatmap need one (sidebar)."
     try:
-        ss = ex.scored_set(sel.run_dir)
+        ss = scored_set(sel.run_dir)
     except (RunError, DatasetError, ValueError, OSError) as exc:
         return None, None, f"The run cannot be scored: {exc}"
-    t, source = ui.operating_threshold(ss.run_id, ex.curves_for(ss).f1_threshold)
+    t, source = ui.operating_threshold(ss.run_id, curves_for(ss).f1_threshold)
     hint = "" if "chosen" in source else "; choose another on the Threshold page"
     return ss, t, f"threshold {t:.4g}: {source}{hint}"
 
 
-def draw_image(sample: Any, rel: str, ss: ex.ScoredSet | None, record: Any, dataset: str) -> None:
+def draw_image(sample: Any, rel: str, ss: ScoredSet | None, record: Any, dataset: str) -> None:
     img = display_image(str(sample.path), sample.path.stat().st_mtime_ns if sample.path.exists() else 0)
     if isinstance(img, str):
         st.error(f"This image cannot be shown: {img}")
@@ -252,7 +253,7 @@ def _native_shape(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str, ss: ex.ScoredSet | None,
+def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str, ss: ScoredSet | None,
                t: float | None, next_rel: str | None, eff: Any) -> None:
     sample = index.split("test")[i]
     ds_label = "unknown" if eff.dataset_labels[i] < 0 else ("defective" if eff.dataset_labels[i] == 1 else "good")

@@ -25,14 +25,24 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core.images import to_float_chw
-from core.jobs import Job, JobContext, JobRegistry, JobSnapshot
-from core.projection import MAP_MODES, ProjectionConfig, mean_energy_curve, project, projection_map
+from core.config import MAP_MODES, ProjectionConfig
+from core.data.images import to_float_chw
+from core.detectors import registry as detectors
+from core.detectors.maps import gaussian_blur, image_scores
+from core.detectors.projection import mean_energy_curve, project, projection_map
+from core.detectors.reconstruction import ReconstructionDetector
 from core.runs import LoadedRun
-from core.scoring import ReconstructionDetector, gaussian_blur, image_scores
+from core.services.jobs import Job, JobContext, JobRegistry, JobSnapshot
 from core.viz import annotate, gif_bytes, heatmap, mask_contour
 from views import ui
-from views.results import GOOD, checkpoint_mtime, colorbar, defect_badge, fmt_score, load_test_view
+from views.results import (
+    GOOD,
+    checkpoint_mtime,
+    colorbar,
+    defect_badge,
+    fmt_score,
+    load_test_view,
+)
 
 JOB_KIND = "projection"
 KEY_SOURCE = "projection_source"
@@ -196,7 +206,7 @@ def start_or_reuse(registry: JobRegistry, request: Request, run: LoadedRun, x0: 
     job_id = request.job_id
     if find_result(registry, job_id) is not None:
         return job_id, True
-    task = projection_task(run.model, run.detector(), x0, request.cfg, list(request.labels), masks)
+    task = projection_task(run.model, detectors.build(run), x0, request.cfg, list(request.labels), masks)
     title = f"Projection · {len(request.keys)} image(s) · {request.cfg.steps} steps · run {request.run_id}"
     try:
         registry.start(JOB_KIND, title, task, job_id=job_id, run_id=request.run_id, labels=list(request.labels),

@@ -17,12 +17,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data.images import to_uint8_hwc
 from core.data.index import UNLABELED_NAMES, DatasetError
 from core.data.loading import load_split
-from core.evaluate import load_test_split, score_split
-from core.images import to_uint8_hwc
-from core.latent import decoded_grid, latent_codes, project_2d, shows_latent
+from core.detectors import registry as detectors
+from core.evaluation.curves import summary
+from core.evaluation.scored import ScoredSet, load_test_split, score_split
 from core.runs import BEST_CKPT, LoadedRun
+from core.services.latent import decoded_grid, latent_codes, project_2d, shows_latent
 from core.viz import heatmap, mask_contour, strip
 from views import ui
 
@@ -60,7 +62,7 @@ def scored_test_set(run_dir: str, mtime_ns: int, _run: LoadedRun) -> dict[str, A
     index, split = load_test_split(_run)
     if len(split) == 0:
         raise ValueError(f"the test split of {_run.config.data} has no readable image")
-    scored = score_split(_run.detector(), split)
+    scored = score_split(detectors.build(_run), split)
     maps = scored.maps.astype(np.float32, copy=False)
     recons = None
     if scored.reconstructions is not None:
@@ -313,7 +315,6 @@ def draw_latent(run: LoadedRun) -> None:
 
 def with_label_source(view: dict[str, Any], run: LoadedRun, sel: ui.Selection) -> dict[str, Any]:
     """The test view with the sidebar's label source applied: labels, defect types, masks and metrics."""
-    from core.explorer import ScoredSet, summary
 
     ss = ScoredSet(run.id, "reconstruction", tuple(view["names"]), tuple(view["defects"]), view["labels"], view["scores"],
                    view["maps"], view["masks"], view["has_mask"], data=run.config.data, category=run.config.category or "",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.config import AEConfig, TrainConfig
 from core.device import available_devices
 from core.runs import RunError, delete_run
-from core.train import TrainConfig
 from views import jobs_view, ui
 
 KEY_CONFIRM_DELETE = "train_confirm_delete"
@@ -52,7 +52,6 @@ def settings_ui(sel: ui.Selection) -> TrainConfig | None:
     try:
         cfg.validate()
         if model == "ae":
-            from core.models import AEConfig
 
             AEConfig(depth=cfg.depth).validate(cfg.size)
     except ValueError as exc:

@@ -1,6 +1,6 @@
 """Try your image: score uploaded images (or a test image) with the selected run.
 
-Decoding, conversion, prediction and the comparison with the test set live in ``core.predict``;
+Decoding, conversion, prediction and the comparison with the test set live in ``core.services.predict``;
 this module only draws.
 """
 
@@ -12,12 +12,20 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.images import to_float_chw, to_uint8_hwc
-from core.predict import Analysis, analyze_image, analyze_upload, position
+from core.data.images import to_float_chw, to_uint8_hwc
 from core.runs import LoadedRun
+from core.services.predict import Analysis, analyze_image, analyze_upload, position
 from core.viz import heatmap, overlay, strip
 from views import ui
-from views.results import DEFECT_COLOR, GOOD_COLOR, checkpoint_mtime, defect_badge, enlarge, fmt_score, load_test_view
+from views.results import (
+    DEFECT_COLOR,
+    GOOD_COLOR,
+    checkpoint_mtime,
+    defect_badge,
+    enlarge,
+    fmt_score,
+    load_test_view,
+)
 
 KEY_UPLOADS = "try_uploads"
 KEY_EXAMPLE = "try_example"

@@ -16,14 +16,23 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.config import RECONSTRUCTION_MODELS
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
+from core.data.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels
 from core.data.index import DatasetError, DatasetIndex
-from core.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels
-from core.explorer import ScoredSet
-from core.jobs import Job, JobRegistry, JobSnapshot
-from core.labels import EffectiveLabels, LabelStore, dataset_key, effective_labels, relabel_scored
-from core.models import RECONSTRUCTION_MODELS
-from core.runs import CONFIG_FILE, METRICS_FILE, LoadedRun, RunError, list_runs, load_run, read_history
+from core.evaluation.scored import ScoredSet
+from core.labels.effective import EffectiveLabels, effective_labels, relabel_scored
+from core.labels.store import LabelStore, dataset_key
+from core.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    LoadedRun,
+    RunError,
+    list_runs,
+    load_run,
+    read_history,
+)
+from core.services.jobs import Job, JobRegistry, JobSnapshot
 from core.workspace import AccessError, check_allowed, default_allowed_roots
 
 # Session-state keys (the only ones the app uses).

@@ -16,8 +16,14 @@ import cv2
 import numpy as np
 
 from core.data import synthetic
-from core.data.index import DatasetError, DatasetIndex, index_path, list_categories, mvtec_categories
-from core.images import save_png
+from core.data.images import save_png
+from core.data.index import (
+    DatasetError,
+    DatasetIndex,
+    index_path,
+    list_categories,
+    mvtec_categories,
+)
 from core.workspace import atomic_write_text, cache_dir
 
 BUILTIN_PREFIX = "builtin:"

@@ -27,7 +27,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.images import is_image_file
+from core.data.images import is_image_file
+from core.errors import AnomalyLabError
 
 GOOD_NAMES = ("good", "normal", "ok")
 UNLABELED_NAMES = ("unlabeled", "unlabelled", "unknown", "unsorted")  # folders of images without a label
@@ -37,7 +38,7 @@ FOLDER_LAYOUT = "FOLDER/good/*.png plus one FOLDER/<defect>/ folder per defect t
 FOLDER_TEST_FRACTION = 0.2
 
 
-class DatasetError(ValueError):
+class DatasetError(AnomalyLabError):
     """A dataset path or layout that cannot be used; the message names the layout expected."""
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.data.images import ImageError, read_image, read_mask, resize, to_channels
 from core.data.index import DatasetIndex, Sample
-from core.images import ImageError, read_image, read_mask, resize, to_channels
 
 
 @dataclass

@@ -36,6 +36,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from core.errors import ConfigError
+
 SYNTHETIC_VERSION = "v1"
 """Bump whenever the generated pixels or layout change: it invalidates every cached copy."""
 
@@ -524,7 +526,7 @@ def _fill_px(scene: _Scene, kind: str) -> int:
 
 def _check_category(category: str) -> None:
     if category not in CATEGORIES:
-        raise ValueError(f"unknown synthetic category {category!r}; available: {', '.join(CATEGORIES)}")
+        raise ConfigError(f"unknown synthetic category {category!r}; available: {', '.join(CATEGORIES)}")
 
 
 def render_sample(category: str, kind: str, index: int, *, seed: int = 0, size: int = 128) -> Sample:
@@ -545,9 +547,9 @@ def render_sample(category: str, kind: str, index: int, *, seed: int = 0, size: 
     """
     _check_category(category)
     if kind not in ("train", "good") and kind not in DEFECT_TYPES[category]:
-        raise ValueError(f"unknown kind {kind!r} for {category}; use train, good or one of {DEFECT_TYPES[category]}")
+        raise ConfigError(f"unknown kind {kind!r} for {category}; use train, good or one of {DEFECT_TYPES[category]}")
     if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+        raise ConfigError(f"size must be at least {MIN_SIZE}, got {size}")
     # Independent streams: the defect's randomness must not shift the normal look or the noise,
     # so that the clean version of a defective image is reproducible on its own.
     scene_ss, defect_ss, noise_ss = _rng_for(seed, category, kind, index).spawn(3)
@@ -710,11 +712,11 @@ def generate_category(
     """
     _check_category(category)
     if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
+        raise ConfigError(f"size must be at least {MIN_SIZE}, got {size}")
     if min(n_train, n_test_good, n_test_per_defect) < 0:
-        raise ValueError("image counts must not be negative")
+        raise ConfigError("image counts must not be negative")
     if seed < 0:
-        raise ValueError(f"seed must not be negative, got {seed}")
+        raise ConfigError(f"seed must not be negative, got {seed}")
     root = Path(root)
     target = root / category
     params = _params(category, int(seed), int(size), int(n_train), int(n_test_good), int(n_test_per_defect))
@@ -770,7 +772,7 @@ def generate(root: Path, categories: Iterable[str] | None = None, *, seed: int =
         _check_category(name)
     unknown = set(counts) - set(DEFAULT_COUNTS)
     if unknown:
-        raise ValueError(f"unknown count argument(s) {sorted(unknown)}; allowed: {sorted(DEFAULT_COUNTS)}")
+        raise ConfigError(f"unknown count argument(s) {sorted(unknown)}; allowed: {sorted(DEFAULT_COUNTS)}")
     for name in names:
         generate_category(Path(root), name, seed=seed, size=size, **counts)
     return Path(root)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from core.models.autoencoder import AEConfig, ConvAutoencoder
+from core.config import TRAINABLE_MODELS, AEConfig, FNetConfig, UNetConfig, VAEConfig
+from core.errors import ConfigError
+from core.models.autoencoder import ConvAutoencoder
 from core.models.contract import AnomalyOutput, Detector
-from core.models.unet import UNet, UNetConfig
-from core.models.vae import ConvVAE, VAEConfig
-
-RECONSTRUCTION_MODELS = ("ae", "vae")
-# Everything ``core.train.fit`` can train: the detectors above, the U-Net (Ano-Unet warm start, also a
-# reconstruction model) and the f-Net feature extractor of Ano-Unet (core/fnet.py).
-TRAINABLE_MODELS = (*RECONSTRUCTION_MODELS, "unet", "fnet")
+from core.models.fnet import FNet
+from core.models.unet import UNet
+from core.models.vae import ConvVAE
 
 __all__ = ["AEConfig", "AnomalyOutput", "ConvAutoencoder", "ConvVAE", "Detector", "UNet", "UNetConfig", "VAEConfig",
            "build_model"]
@@ -31,7 +29,6 @@ def build_model(name: str, arch: dict) -> nn.Module:
     if name == "unet":
         return UNet(UNetConfig(**arch))
     if name == "fnet":
-        from core.fnet import FNet, FNetConfig
 
         return FNet(FNetConfig(**arch))
-    raise ValueError(f"unknown model {name!r}; available: {', '.join(TRAINABLE_MODELS)}")
+    raise ConfigError(f"unknown model {name!r}; available: {', '.join(TRAINABLE_MODELS)}")

@@ -9,30 +9,13 @@ MSE on [0, 1] images and the reconstruction is clamped to [0, 1] for display and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class AEConfig:
-    """Architecture of :class:`ConvAutoencoder`."""
-
-    in_channels: int = 3
-    base_channels: int = 16
-    depth: int = 6
-
-    def validate(self, size: int) -> None:
-        """Raise ValueError when ``size`` does not fit the pooling depth."""
-        if self.depth < 2:
-            raise ValueError(f"depth must be >= 2, got {self.depth}")
-        if self.base_channels < 1 or self.in_channels not in (1, 3):
-            raise ValueError("base_channels must be >= 1 and in_channels 1 or 3")
-        factor = 2 ** (self.depth - 1)
-        if size % factor:
-            raise ValueError(f"image size {size} must be divisible by {factor} for an AE of depth {self.depth}")
+from core.config import (
+    AEConfig,
+)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -16,13 +16,14 @@ class AnomalyOutput(NamedTuple):
 
     Attributes:
         score: ``[B]`` image anomaly scores, higher = more anomalous.
-        anomaly_map: ``[B, H, W]`` per-pixel anomaly at input resolution, higher = more anomalous.
+        anomaly_map: ``[B, H, W]`` per-pixel anomaly at input resolution, higher = more anomalous; None for
+            image-level detectors (the f-Net distance), which do not localize: no fake maps.
         reconstruction: ``[B, C, H, W]`` the normal-looking version of the input in [0, 1], or None
             for detectors that do not reconstruct.
     """
 
     score: torch.Tensor
-    anomaly_map: torch.Tensor
+    anomaly_map: torch.Tensor | None
     reconstruction: torch.Tensor | None
 
 

@@ -20,60 +20,18 @@ in [0, 1]; with ``residual`` G starts as the identity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.config import (
+    UNetConfig,
+)
+from core.errors import ConfigError
 
 RESIDUAL_EPS = 1e-3  # residual G works in logit space: inputs are clamped to [eps, 1 - eps]
 
 
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture of :class:`UNet`.
-
-    Attributes:
-        in_channels: image channels (1 or 3); the output has the same number.
-        base_channels: width of the first level; level i has ``base * 2**i`` channels.
-        levels: resolution levels (``levels - 1`` poolings).
-        norm_groups: GroupNorm groups per layer (capped at the layer width); 0 = no normalization.
-        residual: G(x) = sigmoid(logit(x) + head(...)) with a zero-initialized head, so G starts as the
-            identity and only learns a change; otherwise G(x) = sigmoid(head(...)) (the article's form).
-        skip: how a decoder level joins the encoder's features: ``concat`` (the classic U-Net) or
-            ``add`` (cheaper: the first decoder conv sees ``width`` instead of ``2 * width`` channels).
-    """
-
-    in_channels: int = 3
-    base_channels: int = 8
-    levels: int = 3
-    norm_groups: int = 4
-    residual: bool = False
-    skip: str = "concat"
-
-    def validate(self, size: int | None = None) -> None:
-        """Raise ValueError on bad values, or when ``size`` does not fit the pooling depth."""
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
-        if self.base_channels < 1 or self.levels < 1 or self.norm_groups < 0:
-            raise ValueError("base_channels and levels must be >= 1 and norm_groups >= 0")
-        if self.skip not in ("concat", "add"):
-            raise ValueError(f"skip must be 'concat' or 'add', got {self.skip!r}")
-        if size is not None and size % 2 ** (self.levels - 1):
-            raise ValueError(f"image size {size} must be divisible by {2 ** (self.levels - 1)} for a U-Net with {self.levels} levels")
-
-    @property
-    def widths(self) -> list[int]:
-        """Channels per level."""
-        return [self.base_channels * 2**i for i in range(self.levels)]
-
-    def groups_for(self, width: int) -> int:
-        """GroupNorm groups of a layer of ``width`` channels (a divisor of it), 0 = none."""
-        g = min(self.norm_groups, width)
-        while g > 1 and width % g:
-            g -= 1
-        return g
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
@@ -153,7 +111,7 @@ def unet_apply(cfg: UNetConfig, params: dict[str, torch.Tensor], x: torch.Tensor
     stacked = copies is not None
     if stacked:
         if x.shape[0] != copies:
-            raise ValueError(f"{copies} networks need {copies} images, got {x.shape[0]}")
+            raise ConfigError(f"{copies} networks need {copies} images, got {x.shape[0]}")
         n, c, h, w = x.shape
         # [K, C, H, W] -> [1, K*C, H, W]: network k sees channel group k. (reshape, not view: x may be channels_last)
         hcur = x.reshape(1, n * c, h, w)

@@ -8,39 +8,13 @@ Loss: per-image summed BCE (or MSE) + ``kl_weight`` * KL, averaged over the batc
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class VAEConfig:
-    """Architecture and loss of :class:`ConvVAE`."""
-
-    in_channels: int = 3
-    size: int = 128
-    z_dim: int = 128
-    base_channels: int = 32
-    bottleneck: int = 8
-    recon_loss: str = "bce"  # "bce" or "mse"
-    kl_weight: float = 1.0
-
-    @property
-    def n_down(self) -> int:
-        """Number of stride-2 stages from ``size`` to ``bottleneck``."""
-        return max(1, int(round(math.log2(self.size / self.bottleneck))))
-
-    def validate(self) -> None:
-        """Raise ValueError on inconsistent settings."""
-        if self.recon_loss not in ("bce", "mse"):
-            raise ValueError(f"recon_loss must be 'bce' or 'mse', got {self.recon_loss!r}")
-        if self.z_dim < 1:
-            raise ValueError("z_dim must be >= 1")
-        if self.size % (2**self.n_down) or self.size // 2**self.n_down != self.bottleneck:
-            raise ValueError(f"image size {self.size} must be bottleneck ({self.bottleneck}) times a power of two")
+from core.config import (
+    VAEConfig,
+)
 
 
 class ConvVAE(nn.Module):

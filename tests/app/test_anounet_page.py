@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.train import TrainConfig, fit
+from core.config import TrainConfig
+from core.detectors import registry as detectors
+from core.training.loop import fit
 from views import anounet, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -175,7 +177,7 @@ def test_page_without_fnet_offers_training_and_then_lists_it(runs: tuple[Path, P
 def test_request_id_ignores_batch_but_not_settings() -> None:
     from dataclasses import replace
 
-    from core.anounet import AnoUnetConfig
+    from core.config import AnoUnetConfig
 
     base = anounet.Request("f", 1, ("a",), ("a",), (None,), AnoUnetConfig(), "none")
     assert replace(base, cfg=AnoUnetConfig(batch=2)).job_id == base.job_id
@@ -190,7 +192,7 @@ def test_comparison_maps_convert_channels_and_size(runs: tuple[Path, Path]) -> N
     _, ae = runs
     run = load_run(ae)
     gray = np.random.default_rng(0).integers(0, 255, (2, 1, 48, 48), dtype=np.uint8)
-    from core.predict import maps_for
+    from core.services.predict import maps_for
 
     maps, scores = maps_for(run, gray)
     assert maps.shape == (2, 48, 48) and scores.shape == (2,) and np.isfinite(maps).all()
@@ -204,11 +206,11 @@ def test_decode_upload_reports_bad_bytes() -> None:
 
 
 def test_fnet_run_detector_is_the_distance_to_c(runs: tuple[Path, Path]) -> None:
-    from core.fnet import FNetDetector
+    from core.detectors.fnet_distance import FNetDetector
     from core.runs import load_run
 
     fnet, _ = runs
-    det = load_run(fnet).detector()
+    det = detectors.build(load_run(fnet))
     assert isinstance(det, FNetDetector)
     out = det.predict(torch.rand(2, 3, 32, 32))
     assert out.score.shape == (2,) and out.reconstruction is None

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import explorer as ex
-from core.train import TrainConfig, fit
+from core.config import TrainConfig
+from core.evaluation.curves import Costs, choose_threshold, curves_for, operating_point
+from core.evaluation.pixel import pixel_curves
+from core.evaluation.record import decision_record, record_to_csv, record_to_json
+from core.evaluation.scored import scored_set
+from core.training.loop import fit
 from views import explorer, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -48,11 +52,11 @@ def test_threshold_page_rules_comparison_and_consequences(two_runs: tuple[Path, 
     a, b = two_runs
     at = _open(a.name)
     assert at.title[0].value == "Threshold"
-    ss = ex.scored_set(a)
-    curves = ex.curves_for(ss)
+    ss = scored_set(a)
+    curves = curves_for(ss)
     assert at.selectbox(key=explorer.KEY_RULE).value == "f1"
     assert at.session_state[explorer.KEY_T] == pytest.approx(curves.f1_threshold)
-    op = ex.operating_point(curves, curves.f1_threshold)
+    op = operating_point(curves, curves.f1_threshold)
     assert _metric(at, "Defects caught (TPR)") == f"{op['tpr']:.1%}"
     assert _metric(at, "Flagged") == f"{op['flagged']} of {op['n']}"
 
@@ -66,22 +70,22 @@ def test_threshold_page_rules_comparison_and_consequences(two_runs: tuple[Path, 
     at.selectbox(key=explorer.KEY_RULE).set_value("fpr").run()
     at.number_input(key=explorer.KEY_FPR).set_value(10.0).run()
     t = at.session_state[explorer.KEY_T]
-    assert t == pytest.approx(ex.choose_threshold(curves, "fpr", target_fpr=0.10))
-    assert ex.operating_point(curves, t)["fpr"] <= 0.10
+    assert t == pytest.approx(choose_threshold(curves, "fpr", target_fpr=0.10))
+    assert operating_point(curves, t)["fpr"] <= 0.10
     assert float(_metric(at, "False alarms (FPR)").rstrip("%")) <= 10.0
 
     # Minimum expected cost, with the costs typed in.
     at.selectbox(key=explorer.KEY_RULE).set_value("cost").run()
     at.number_input(key=explorer.KEY_COST_FN).set_value(50.0).run()
-    costs = ex.Costs(1.0, 50.0, 0.0)
+    costs = Costs(1.0, 50.0, 0.0)
     t = at.session_state[explorer.KEY_T]
-    assert t == pytest.approx(ex.choose_threshold(curves, "cost", costs=costs))
-    assert _metric(at, "Cost per 1,000 parts") == f"{ex.operating_point(curves, t, costs)['cost_per_1000']:,.0f}"
+    assert t == pytest.approx(choose_threshold(curves, "cost", costs=costs))
+    assert _metric(at, "Cost per 1,000 parts") == f"{operating_point(curves, t, costs)['cost_per_1000']:,.0f}"
     assert any(tr.get("name") == "equal expected cost" for tr in _roc(at)["data"])
 
     # Presets of the article's two ways of use.
     at.selectbox(key=explorer.KEY_RULE).set_value("preset:anything_unusual").run()
-    assert ex.operating_point(curves, at.session_state[explorer.KEY_T])["tpr"] >= 0.99
+    assert operating_point(curves, at.session_state[explorer.KEY_T])["tpr"] >= 0.99
 
     # Typing a threshold switches to manual and moves every consequence.
     mid = float(sorted(ss.scores)[len(ss.scores) // 2])
@@ -89,7 +93,7 @@ def test_threshold_page_rules_comparison_and_consequences(two_runs: tuple[Path, 
     assert not at.exception, at.exception
     assert at.selectbox(key=explorer.KEY_RULE).value == "manual"
     assert at.session_state[explorer.KEY_T] == pytest.approx(mid)
-    op = ex.operating_point(curves, mid)
+    op = operating_point(curves, mid)
     assert _metric(at, "Flagged") == f"{op['flagged']} of {op['n']}"
     tabs = [t.label for t in at.tabs]
     assert f"False alarms ({op['fp']})" in tabs and f"Misses ({op['fn']})" in tabs
@@ -110,20 +114,20 @@ def test_threshold_page_decision_record_round_trip_and_mismatch(two_runs: tuple[
     t = at.session_state[explorer.KEY_T]
     labels = [d.proto.label for d in at.get("download_button")]
     assert labels == ["Download JSON", "Download CSV"]
-    ss = ex.scored_set(a)
-    record = ex.decision_record(ss, t, rule="tpr", target_tpr=0.8, costs={"cost_fp": 1, "cost_fn": 10})
+    ss = scored_set(a)
+    record = decision_record(ss, t, rule="tpr", target_tpr=0.8, costs={"cost_fp": 1, "cost_fn": 10})
 
     # Import restores the choice on a fresh page.
     at2 = _open(a.name)
-    _upload(at2, "decision.json", ex.record_to_json(record).encode())
+    _upload(at2, "decision.json", record_to_json(record).encode())
     assert at2.selectbox(key=explorer.KEY_RULE).value == "tpr"
     assert at2.number_input(key=explorer.KEY_MISS).value == pytest.approx(20.0)
     assert at2.session_state[explorer.KEY_T] == pytest.approx(t)
     assert any("restored" in s.value for s in at2.success)
 
     # A record of another run says so.
-    other = ex.decision_record(ex.scored_set(b), 0.5, rule="manual")
-    _upload(at2, "other.csv", ex.record_to_csv(other).encode())
+    other = decision_record(scored_set(b), 0.5, rule="manual")
+    _upload(at2, "other.csv", record_to_csv(other).encode())
     assert any("does not match" in w.value for w in at2.warning)
     assert at2.selectbox(key=explorer.KEY_RULE).value == "manual"
 
@@ -143,7 +147,7 @@ def test_threshold_page_compares_fnet_and_anounet_detectors(two_runs: tuple[Path
     fnet = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="fnet", size=32, base_channels=4, fnet_stages=3,
                            fnet_embed_dim=8, fnet_references="paste", epochs=1, batch_size=32, device="cpu"))
     at = _open(a.name)
-    at.multiselect(key=explorer.KEY_COMPARE).set_value([f"{fnet.name}|fnet", f"{fnet.name}|anounet"]).run()
+    at.multiselect(key=explorer.KEY_COMPARE).set_value([f"{fnet.name}|fnet-distance", f"{fnet.name}|anounet"]).run()
     assert not at.exception, at.exception
     job = ui.job_registry().get(f"scoring-{fnet.name}-anounet")  # Ano-Unet over the test set runs in the background
     assert job is not None and job.join(300) and job.snapshot().status == "finished", job.snapshot().error
@@ -152,14 +156,14 @@ def test_threshold_page_compares_fnet_and_anounet_detectors(two_runs: tuple[Path
     names = [t.get("name", "") for t in _roc(at)["data"]]
     assert sum("AUROC" in n for n in names) == 3
     assert any("Ano-Unet map" in n for n in names) and any("f-Net distance" in n for n in names)
-    ss = ex.scored_set(fnet, "anounet")
-    assert ss.maps is not None and ss.maps.shape[1:] == (32, 32) and ex.pixel_curves(ss) is not None
+    ss = scored_set(fnet, "anounet")
+    assert ss.maps is not None and ss.maps.shape[1:] == (32, 32) and pixel_curves(ss) is not None
 
 
 def test_chosen_threshold_is_used_by_results_try_and_label_pages(two_runs: tuple[Path, Path]) -> None:
     a, _ = two_runs
     at = _open(a.name)
-    ss = ex.scored_set(a)
+    ss = scored_set(a)
     mid = float(sorted(ss.scores)[len(ss.scores) // 3])
     at.number_input(key=explorer.KEY_TYPED).set_value(mid).run()
     at.switch_page("views/try_image.py").run()

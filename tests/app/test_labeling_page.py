@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import explorer as ex
-from core.labels import dataset_key
-from core.train import TrainConfig, fit
+from core.config import TrainConfig
+from core.evaluation.curves import curves_for, operating_point, summary
+from core.evaluation.scored import scored_set
+from core.labels.store import dataset_key
+from core.training.loop import fit
 from views import explorer, labeling, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -76,7 +78,7 @@ def test_label_buttons_store_advance_and_undo(fabric_run: Path) -> None:
 
 def test_labels_flow_into_results_threshold_and_evaluate(fabric_run: Path) -> None:
     store = ui.label_store()
-    ss = ex.scored_set(fabric_run)
+    ss = scored_set(fabric_run)
     goods = [p for p, lab in zip(ss.paths, ss.labels) if lab == 0][:3]
     for p in goods:  # call three good images defective
         store.set_label(KEY, p, "defective", defect_type="stain")
@@ -84,9 +86,9 @@ def test_labels_flow_into_results_threshold_and_evaluate(fabric_run: Path) -> No
     at.selectbox(key=ui.KEY_LABEL_SOURCE).set_value("merged").run()
     assert not at.exception, at.exception
     assert any("labels: Merged" in c.value for c in at.caption)
-    merged = ex.summary(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run, label_source="merged")))
+    merged = summary(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run, label_source="merged")))
     assert next(m.value for m in at.metric if m.label == "Image AUROC") == ui.fmt_metric(merged["image_auroc"])
-    assert merged["n_defective"] != ex.summary(ss)["n_defective"], "the relabeled good images now count as defective"
+    assert merged["n_defective"] != summary(ss)["n_defective"], "the relabeled good images now count as defective"
     # The choice survives a page switch, and the Threshold page counts the relabeled images.
     at.switch_page("views/explorer.py").run()
     assert not at.exception, at.exception
@@ -95,11 +97,11 @@ def test_labels_flow_into_results_threshold_and_evaluate(fabric_run: Path) -> No
     n_def = int((eff.labels == 1).sum())
     assert all(eff.labels[eff.relpaths.index(p)] == 1 for p in goods)
     t = at.session_state[explorer.KEY_T]
-    op = ex.operating_point(ex.curves_for(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run,
+    op = operating_point(curves_for(ui.relabeled(ss, ui.Selection("builtin:synthetic", "fabric", fabric_run,
                                                                           label_source="merged"))), t)
     assert op["n_pos"] == n_def
     # evaluate --labels merged agrees.
-    from core.explorer import evaluate_with_rule
+    from core.evaluation.evaluate import evaluate_with_rule
 
     m = evaluate_with_rule(fabric_run, {}, labels="merged")
     assert m["n_defective"] == n_def and m["label_disagreements"] >= len(goods)

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_helpers import category_without_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.projection import ProjectionConfig
+from core.config import ProjectionConfig, TrainConfig
+from core.detectors.reconstruction import ReconstructionDetector
 from core.runs import load_run
-from core.scoring import ReconstructionDetector
-from core.train import TrainConfig, fit
-from app_helpers import category_without_run
+from core.training.loop import fit
 from views import projection, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_helpers import category_without_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.evaluate import evaluate_run
+from core.config import TrainConfig
+from core.evaluation.evaluate import evaluate_run
 from core.runs import load_run
-from core.train import TrainConfig, fit
-from core import predict
-from app_helpers import category_without_run
+from core.services import predict
+from core.training.loop import fit
 from views import results, try_image, ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -142,7 +143,7 @@ def test_analyze_upload_reports_bad_files_and_scores_good_ones(ae_run: Path, mon
     deep = predict.analyze_upload(run, "scan.png", _png(rng.integers(0, 65535, (64, 64), dtype=np.uint16)))
     assert deep.error is None and deep.image.shape == (32, 32, 3)
 
-    monkeypatch.setattr("core.images.MAX_PIXELS", 100)
+    monkeypatch.setattr("core.data.images.MAX_PIXELS", 100)
     big = predict.analyze_upload(run, "huge.png", photo)
     assert big.error and "huge.png" in big.error and "larger than the limit" in big.error
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from core.anounet import AnoUnet, AnoUnetConfig, AnoUnetProgress, resolve_warm_start, warm_start_dir
-from core.fnet import FNet, FNetConfig
+from core.config import AnoUnetConfig, FNetConfig, TrainConfig, UNetConfig
+from core.detectors.anounet import AnoUnet, AnoUnetProgress
 from core.models.contract import AnomalyOutput
-from core.models.unet import UNet, UNetConfig, init_params, unet_apply
-from core.train import TrainConfig, fit
+from core.models.fnet import FNet
+from core.models.unet import UNet, init_params, unet_apply
+from core.training.loop import fit
+from core.training.warm_start import resolve_warm_start, warm_start_dir
 
 FAST = dict(early_stop=False, guard=False)
 
@@ -61,7 +63,7 @@ def test_loss_terms_on_toy_tensors() -> None:
     f = _fnet()
     x8 = _images(2)
     ano = AnoUnet(f, AnoUnetConfig(beta=7.0, batch=2, residual=False, **FAST), device="cpu", cache=False)
-    from core.anounet import _Slots
+    from core.detectors.anounet import _Slots
 
     slots = _Slots(ano.names)
     xs = [img.float() / 255.0 for img in x8]
@@ -223,7 +225,7 @@ def test_predict_contract_and_memory_estimate() -> None:
 
 
 def test_warm_start_is_trained_once_and_reused(fnet_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.anounet as A
+    import core.training.warm_start as A
 
     monkeypatch.setattr(A, "WARM_START_EPOCHS", 2)
     cfg = AnoUnetConfig(epochs=2, batch=2, base_channels=4, levels=2, **FAST)
@@ -233,7 +235,7 @@ def test_warm_start_is_trained_once_and_reused(fnet_run: Path, monkeypatch: pyte
     state2, _, _ = resolve_warm_start("auto", fnet_run, cfg, device="cpu")
     assert (Path(run_dir) / "model.pt").stat().st_mtime_ns == mtime  # reused, not retrained
     assert all(torch.equal(state[k], state2[k]) for k in state)
-    from core.fnet import load_fnet
+    from core.detectors.fnet_distance import load_fnet
 
     f = load_fnet(fnet_run).model
     x = _images(2, size=32)
@@ -248,7 +250,7 @@ def test_warm_start_is_trained_once_and_reused(fnet_run: Path, monkeypatch: pyte
 
 
 def test_cli_writes_one_map_per_image(fnet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from core.__main__ import main
+    from core.cli.main import main
 
     out = tmp_path / "maps"
     args = ["anounet", str(fnet_run), "--limit", "4", "--epochs", "3", "--batch", "2", "--beta", "5", "--device", "cpu",
@@ -266,7 +268,7 @@ def test_cli_writes_one_map_per_image(fnet_run: Path, tmp_path: Path, capsys: py
 
 
 def test_bench_anounet_reports_speed_and_memory() -> None:
-    from core import bench
+    from core.cli import bench
 
     r = bench.run("anounet", data="builtin:synthetic", category="bottle", size=16, epochs=2, k=2)
     for key in ("reference_images_per_minute", "sequential_images_per_minute", "batched_images_per_minute", "speedup",
@@ -276,8 +278,8 @@ def test_bench_anounet_reports_speed_and_memory() -> None:
 
 
 def test_job_task_publishes_curves_previews_and_results(fnet_run: Path) -> None:
-    from core.jobs import JobRegistry
-    from core.tasks import anounet_task
+    from core.services.jobs import JobRegistry
+    from core.services.tasks import anounet_task
 
     imgs = _images(3, size=32)
     job = JobRegistry().start("anounet", "t", anounet_task(fnet_run, imgs, AnoUnetConfig(epochs=3, batch=2, **FAST),
@@ -291,7 +293,7 @@ def test_job_task_publishes_curves_previews_and_results(fnet_run: Path) -> None:
 
 
 def test_cli_trains_a_unet_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from core.__main__ import main
+    from core.cli.main import main
     from core.runs import load_run
 
     out = tmp_path / "u"

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-import core.images as images_mod
+import core.data.images as images_mod
 from core.data.builtin import DIGITS_TEST_PER_ANOMALY, categories, open_dataset
+from core.data.images import ImageError, encode_png, read_image, read_mask
 from core.data.index import (
     FOLDER_TEST_FRACTION,
     DatasetError,
@@ -29,8 +30,13 @@ from core.data.index import (
     list_categories,
     mvtec_categories,
 )
-from core.data.loading import augment_batch, clear_cache, detect_channels, load_samples, load_split
-from core.images import ImageError, encode_png, read_image, read_mask
+from core.data.loading import (
+    augment_batch,
+    clear_cache,
+    detect_channels,
+    load_samples,
+    load_split,
+)
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -941,8 +947,9 @@ def test_plain_folder_rejects_a_foreign_category(tmp_path) -> None:
 
 
 def test_unlabeled_folder_images_are_unknown_and_left_out_of_metrics(plain_folder: Path):
-    from core.evaluate import evaluate_run
-    from core.train import TrainConfig, fit
+    from core.config import TrainConfig
+    from core.evaluation.evaluate import evaluate_run
+    from core.training.loop import fit
 
     for i in range(3):
         _save(plain_folder / "unlabeled" / f"u{i}.png", _noise(100 + i))

@@ -10,9 +10,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import explorer as ex
-from core import metrics
-from core.__main__ import main
+from core.cli.main import main
+from core.evaluation import metrics
+from core.evaluation.curves import (
+    Costs,
+    Curves,
+    apply_rule,
+    build_curves,
+    choose_threshold,
+    closest_to_threshold,
+    curves_for,
+    false_negatives,
+    false_positives,
+    iso_cost_line,
+    nearest_point,
+    operating_point,
+)
+from core.evaluation.pixel import (
+    binary_segmentation,
+    build_pixel_curves,
+    pixel_curves,
+    pixel_metrics,
+    segmentation_overlay,
+)
+from core.evaluation.record import (
+    check_record,
+    decision_record,
+    record_from_csv,
+    record_from_json,
+    record_to_csv,
+    record_to_json,
+)
+from core.evaluation.scored import _MEMO, ScoredSet, scored_set, scored_set_path
 
 # Hand-made set used by several tests. Sorted by score:
 #   score  1  2  3  4  5  6  7  8
@@ -26,84 +55,84 @@ Y = np.array([0, 0, 1, 0, 0, 1, 1, 1])
 
 
 @pytest.fixture(scope="module")
-def hand() -> ex.Curves:
-    return ex.build_curves(S, Y, n_boot=200)
+def hand() -> Curves:
+    return build_curves(S, Y, n_boot=200)
 
 
-def _set(scores, labels, **kw) -> ex.ScoredSet:
+def _set(scores, labels, **kw) -> ScoredSet:
     n = len(scores)
-    return ex.ScoredSet("run-a", "reconstruction", tuple(f"test/x/{i:03d}.png" for i in range(n)),
+    return ScoredSet("run-a", "reconstruction", tuple(f"test/x/{i:03d}.png" for i in range(n)),
                         tuple("good" if y == 0 else "x" for y in labels), np.asarray(labels), np.asarray(scores), **kw)
 
 
 # ------------------------------------------------------------------------------------------- rules
-def test_rules_on_hand_made_scores(hand: ex.Curves) -> None:
+def test_rules_on_hand_made_scores(hand: Curves) -> None:
     # F1 = 2TP / (2TP + FP + FN): t=6 -> 6/7 (best), t=3 -> 8/10, t=5 -> 6/8.
-    assert ex.choose_threshold(hand, "f1") == 6.0
+    assert choose_threshold(hand, "f1") == 6.0
     assert hand.f1_max == pytest.approx(6 / 7) and hand.f1_threshold == 6.0
     # Youden J = TPR - FPR: t=6 -> 0.75 - 0 (best), t=3 -> 1 - 0.5.
-    assert ex.choose_threshold(hand, "youden") == 6.0
+    assert choose_threshold(hand, "youden") == 6.0
     # FPR <= 0.25 allows one good part flagged: the lowest such threshold is 5 (t=4 flags two).
-    assert ex.choose_threshold(hand, "fpr", target_fpr=0.25) == 5.0
-    assert ex.choose_threshold(hand, "fpr", target_fpr=0.0) == 6.0
+    assert choose_threshold(hand, "fpr", target_fpr=0.25) == 5.0
+    assert choose_threshold(hand, "fpr", target_fpr=0.0) == 6.0
     # TPR >= 1 needs all four defects: the highest such threshold is 3; TPR >= 0.5 -> 7.
-    assert ex.choose_threshold(hand, "tpr", target_tpr=1.0) == 3.0
-    assert ex.choose_threshold(hand, "tpr", target_tpr=0.5) == 7.0
+    assert choose_threshold(hand, "tpr", target_tpr=1.0) == 3.0
+    assert choose_threshold(hand, "tpr", target_tpr=0.5) == 7.0
     # The same answers from raw scores and from a ScoredSet.
-    assert ex.choose_threshold(S, "fpr", labels=Y, target_fpr=0.25) == 5.0
-    assert ex.choose_threshold(_set(S, Y), "f1") == 6.0
+    assert choose_threshold(S, "fpr", labels=Y, target_fpr=0.25) == 5.0
+    assert choose_threshold(_set(S, Y), "f1") == 6.0
 
 
-def test_cost_rule_and_cost_per_1000(hand: ex.Curves) -> None:
+def test_cost_rule_and_cost_per_1000(hand: Curves) -> None:
     # cost_fp = cost_fn = 1: total = FP + FN; t=6 -> 0 + 1 = 1 is the minimum (t=3 -> 2).
-    assert ex.choose_threshold(hand, "cost", costs={"cost_fp": 1, "cost_fn": 1}) == 6.0
+    assert choose_threshold(hand, "cost", costs={"cost_fp": 1, "cost_fn": 1}) == 6.0
     # cost_fn = 10: t=6 -> 10, t=3 -> 2 + 0 = 2 (min), t=2 -> 3.
-    assert ex.choose_threshold(hand, "cost", costs=ex.Costs(1, 10)) == 3.0
-    assert ex.operating_point(hand, 3.0, ex.Costs(1, 10))["cost_per_1000"] == pytest.approx(1000 * 2 / 8)
+    assert choose_threshold(hand, "cost", costs=Costs(1, 10)) == 3.0
+    assert operating_point(hand, 3.0, Costs(1, 10))["cost_per_1000"] == pytest.approx(1000 * 2 / 8)
     # With a review of 2 per flagged part: total = FP + 10 FN + 2 (TP + FP):
     #   nothing 40, t=8 32, t=7 24, t=6 16, t=5 19, t=4 22, t=3 14 (min), t=2 17, t=1 20.
-    c = ex.Costs(1, 10, 2)
-    assert ex.choose_threshold(hand, "cost", costs=c) == 3.0
-    assert ex.operating_point(hand, 3.0, c)["cost_per_1000"] == pytest.approx(14 / 8 * 1000)
+    c = Costs(1, 10, 2)
+    assert choose_threshold(hand, "cost", costs=c) == 3.0
+    assert operating_point(hand, 3.0, c)["cost_per_1000"] == pytest.approx(14 / 8 * 1000)
     # Review 5: nothing 40, 8: 35, 7: 30, 6: 25 (min), 5: 31, 4: 37, 3: 32, 2: 38, 1: 44.
-    assert ex.choose_threshold(hand, "cost", costs=ex.Costs(1, 10, 5)) == 6.0
+    assert choose_threshold(hand, "cost", costs=Costs(1, 10, 5)) == 6.0
     # A review that costs as much as a miss (or more): flagging nothing is cheapest.
     for review in (10, 12):
-        t = ex.choose_threshold(hand, "cost", costs=ex.Costs(1, 10, review))
-        assert t == hand.flag_nothing and ex.operating_point(hand, t)["flagged"] == 0
+        t = choose_threshold(hand, "cost", costs=Costs(1, 10, review))
+        assert t == hand.flag_nothing and operating_point(hand, t)["flagged"] == 0
     # Brute force over every candidate agrees for random costs.
     rng = np.random.default_rng(1)
     for _ in range(20):
-        c = ex.Costs(*rng.uniform(0, 5, 3))
-        t = ex.choose_threshold(hand, "cost", costs=c)
-        best = min(ex.operating_point(hand, th, c)["cost_per_1000"] for th in hand.thresholds)
-        assert ex.operating_point(hand, t, c)["cost_per_1000"] == pytest.approx(best)
+        c = Costs(*rng.uniform(0, 5, 3))
+        t = choose_threshold(hand, "cost", costs=c)
+        best = min(operating_point(hand, th, c)["cost_per_1000"] for th in hand.thresholds)
+        assert operating_point(hand, t, c)["cost_per_1000"] == pytest.approx(best)
 
 
-def test_rule_errors(hand: ex.Curves) -> None:
+def test_rule_errors(hand: Curves) -> None:
     with pytest.raises(ValueError, match="target_fpr"):
-        ex.choose_threshold(hand, "fpr")
+        choose_threshold(hand, "fpr")
     with pytest.raises(ValueError, match="target_tpr"):
-        ex.choose_threshold(hand, "tpr")
+        choose_threshold(hand, "tpr")
     with pytest.raises(ValueError, match="cost_fp"):
-        ex.choose_threshold(hand, "cost")
+        choose_threshold(hand, "cost")
     with pytest.raises(ValueError, match="rule must be"):
-        ex.choose_threshold(hand, "magic")
+        choose_threshold(hand, "magic")
     with pytest.raises(ValueError, match=">= 0"):
-        ex.Costs(-1, 1)
+        Costs(-1, 1)
 
 
 def test_presets_match_the_two_ways_of_use() -> None:
     rng = np.random.default_rng(3)
     y = (rng.random(2000) < 0.2).astype(int)
     s = rng.normal(0, 1, 2000) + 2.0 * y
-    c = ex.build_curves(s, y, n_boot=0)
-    first = ex.apply_rule(c, "f1", preset="first_screen")  # preset wins over the rule argument
+    c = build_curves(s, y, n_boot=0)
+    first = apply_rule(c, "f1", preset="first_screen")  # preset wins over the rule argument
     assert first["rule"] == "fpr" and first["fpr"] <= 0.01
     # the lowest threshold within the budget: one step lower breaks it
     lower = c.thresholds[np.searchsorted(-c.thresholds, -first["threshold"]) + 1]
-    assert ex.operating_point(c, lower)["fpr"] > 0.01
-    unusual = ex.apply_rule(c, "f1", preset="anything_unusual")
+    assert operating_point(c, lower)["fpr"] > 0.01
+    unusual = apply_rule(c, "f1", preset="anything_unusual")
     assert unusual["rule"] == "tpr" and unusual["fnr"] <= 0.01 + 1e-12
     assert unusual["threshold"] < first["threshold"]
 
@@ -116,16 +145,16 @@ def test_operating_point_equals_confusion_at() -> None:
     y_unknown = y.copy()
     y_unknown[rng.random(500) < 0.1] = -1
     for labels in (y, y_unknown):
-        c = ex.build_curves(s, labels, n_boot=0)
+        c = build_curves(s, labels, n_boot=0)
         known = labels >= 0
         ts = np.r_[rng.uniform(-4, 4, 300), s[:100], c.thresholds, -np.inf, np.inf]
         for t in ts:
-            op = ex.operating_point(c, t)
+            op = operating_point(c, t)
             ref = metrics.confusion_at(s[known], labels[known], t).as_dict()
             assert {k: op[k] for k in ref} == ref
         # the curve arrays are the operating points at their thresholds
         for i in range(0, c.thresholds.size, 7):
-            op = ex.operating_point(c, c.thresholds[i])
+            op = operating_point(c, c.thresholds[i])
             assert (op["tp"], op["fp"], op["fpr"], op["tpr"]) == (c.tp[i], c.fp[i], c.fpr[i], c.tpr[i])
 
 
@@ -133,27 +162,27 @@ def test_bootstrap_interval_contains_the_point_estimate() -> None:
     rng = np.random.default_rng(5)
     y = (rng.random(200) < 0.4).astype(int)
     s = rng.normal(0, 1, 200) + 1.0 * y
-    c = ex.curves_for(_set(s, y))
+    c = curves_for(_set(s, y))
     lo, hi = c.auroc_ci
     assert lo <= c.auroc <= hi and hi - lo < 0.3
     assert c.auroc == pytest.approx(metrics.image_auroc(s, y))
     assert c.average_precision == pytest.approx(metrics.average_precision(s, y))
-    assert ex.curves_for(_set(s, y)) is c  # memoized by content
+    assert curves_for(_set(s, y)) is c  # memoized by content
 
 
-def test_iso_cost_line_through_the_point_and_tangent_at_min_cost(hand: ex.Curves) -> None:
+def test_iso_cost_line_through_the_point_and_tangent_at_min_cost(hand: Curves) -> None:
     # cost_fp 1, cost_fn 10, free review: slope = 1 * Nn / (10 * Np) = 0.1; min cost at t=3: (F, T) = (0.5, 1).
-    line = ex.iso_cost_line(hand, ex.Costs(1, 10), 3.0)
+    line = iso_cost_line(hand, Costs(1, 10), 3.0)
     assert line["slope"] == pytest.approx(0.1) and line["point"] == (0.5, 1.0)
     assert line["fpr"] == pytest.approx([0.0, 0.5]) and line["tpr"] == pytest.approx([0.95, 1.0])
     rng = np.random.default_rng(7)
     y = (rng.random(300) < 0.3).astype(int)
     s = rng.normal(0, 1, 300) + 1.5 * y
-    c = ex.build_curves(s, y, n_boot=0)
+    c = build_curves(s, y, n_boot=0)
     for _ in range(15):
-        costs = ex.Costs(rng.uniform(0.1, 5), rng.uniform(1, 20), rng.uniform(0, 0.9))
-        t = ex.choose_threshold(c, "cost", costs=costs)
-        line = ex.iso_cost_line(c, costs, t)
+        costs = Costs(rng.uniform(0.1, 5), rng.uniform(1, 20), rng.uniform(0, 0.9))
+        t = choose_threshold(c, "cost", costs=costs)
+        line = iso_cost_line(c, costs, t)
         (x0, x1), (y0, y1) = line["fpr"], line["tpr"]
         f0, t0 = line["point"]
         m = line["slope"]
@@ -163,41 +192,41 @@ def test_iso_cost_line_through_the_point_and_tangent_at_min_cost(hand: ex.Curves
         assert y1 == pytest.approx(y0 + m * (x1 - x0))
         # tangent: no ROC point lies above the line (none has a lower cost)
         assert np.all(c.tpr <= t0 + m * (c.fpr - f0) + 1e-9)
-        cost_star = ex.operating_point(c, t, costs)["cost_per_1000"]
-        assert all(ex.operating_point(c, th, costs)["cost_per_1000"] >= cost_star - 1e-9 for th in c.thresholds)
+        cost_star = operating_point(c, t, costs)["cost_per_1000"]
+        assert all(operating_point(c, th, costs)["cost_per_1000"] >= cost_star - 1e-9 for th in c.thresholds)
     # a point that is not the minimum has ROC points above its line
-    line = ex.iso_cost_line(c, ex.Costs(1, 10), c.thresholds[3])
+    line = iso_cost_line(c, Costs(1, 10), c.thresholds[3])
     f0, t0 = line["point"]
     assert np.any(c.tpr > t0 + line["slope"] * (c.fpr - f0) + 1e-9)
     # review as costly as a miss: vertical line
-    assert ex.iso_cost_line(hand, ex.Costs(1, 2, 2), 6.0)["slope"] == math.inf
+    assert iso_cost_line(hand, Costs(1, 2, 2), 6.0)["slope"] == math.inf
 
 
-def test_nearest_point_and_lists(hand: ex.Curves) -> None:
-    p = ex.nearest_point(hand, 0.02, 0.74)  # closest ROC point (0, 0.75): thresholds 6
+def test_nearest_point_and_lists(hand: Curves) -> None:
+    p = nearest_point(hand, 0.02, 0.74)  # closest ROC point (0, 0.75): thresholds 6
     assert p["threshold"] == 6.0 and (p["fpr"], p["tpr"]) == (0.0, 0.75)
-    op = ex.operating_point(hand, p["threshold"])
+    op = operating_point(hand, p["threshold"])
     assert (op["fpr"], op["tpr"]) == (p["fpr"], p["tpr"])
     # PR click at recall 1, precision 0.65: t=3 has precision 4/6, t=2 4/7.
-    assert ex.nearest_point(hand, 1.0, 0.65, space="pr")["threshold"] == 3.0
+    assert nearest_point(hand, 1.0, 0.65, space="pr")["threshold"] == 3.0
     # At t = 4.5: flagged scores 5, 6, 7, 8 -> FP = score 5 (index 4); FN = score 3 (index 2).
-    assert ex.false_positives(hand, 4.5).tolist() == [4]
-    assert ex.false_negatives(hand, 4.5).tolist() == [2]
-    assert ex.false_positives(hand, 0.0).tolist() == [4, 3, 1, 0]  # highest score first
-    assert ex.false_negatives(hand, 100.0, limit=2).tolist() == [2, 5]  # lowest score first
+    assert false_positives(hand, 4.5).tolist() == [4]
+    assert false_negatives(hand, 4.5).tolist() == [2]
+    assert false_positives(hand, 0.0).tolist() == [4, 3, 1, 0]  # highest score first
+    assert false_negatives(hand, 100.0, limit=2).tolist() == [2, 5]  # lowest score first
     # closest to 4.5: scores 4 and 5 (0.5 away), then 3 and 6 (1.5; ties by index)
-    assert ex.closest_to_threshold(hand, 4.5, 3).tolist() == [3, 4, 2]
-    assert ex.closest_to_threshold(hand, 100.0, 2).tolist() == [7, 6]
+    assert closest_to_threshold(hand, 4.5, 3).tolist() == [3, 4, 2]
+    assert closest_to_threshold(hand, 100.0, 2).tolist() == [7, 6]
 
 
 def test_unknown_labels_left_out_but_reviewable() -> None:
     ss = _set(S, Y).with_labels({"test/x/002.png": -1, "test/x/000.png": "defective"})
     assert ss.labels.tolist() == [1, 0, -1, 0, 0, 1, 1, 1] and ss.n_unknown == 1
     assert ss.defects[0] == "defective" and ss.defects[2] == "unknown"
-    c = ex.curves_for(ss)
+    c = curves_for(ss)
     assert (c.n_pos, c.n_neg, c.n_unknown) == (4, 3, 1)
-    assert 2 in ex.closest_to_threshold(c, 3.0, 1).tolist()
-    assert 2 not in ex.false_negatives(c, 100.0).tolist()
+    assert 2 in closest_to_threshold(c, 3.0, 1).tolist()
+    assert 2 not in false_negatives(c, 100.0).tolist()
     assert ss.fingerprint_data() == _set(S, Y).fingerprint_data()
     assert ss.fingerprint_labels() != _set(S, Y).fingerprint_labels()
     with pytest.raises(ValueError, match="not an image"):
@@ -218,7 +247,7 @@ def _maps(dtype, seed=0):
 
 
 def _direct(maps, masks, t):
-    pred = ex.binary_segmentation(maps, t)
+    pred = binary_segmentation(maps, t)
     tp, fp, fn = int((pred & masks).sum()), int((pred & ~masks).sum()), int((~pred & masks).sum())
     return tp, fp, fn, 2 * tp / max(1, 2 * tp + fp + fn), tp / max(1, tp + fp + fn)
 
@@ -226,12 +255,12 @@ def _direct(maps, masks, t):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_pixel_metrics_from_histograms(dtype) -> None:
     maps, masks = _maps(dtype)
-    pc = ex.build_pixel_curves(maps, masks, bins=256)
+    pc = build_pixel_curves(maps, masks, bins=256)
     rng = np.random.default_rng(1)
     ts = np.r_[rng.uniform(float(maps.min()), float(maps.max()), 100), pc.grid[::5]]
     worst = 0.0
     for t in ts:
-        px = ex.pixel_metrics(pc, t)
+        px = pixel_metrics(pc, t)
         tp, fp, fn, f1, iou = _direct(maps, masks, px["threshold_used"])
         assert (px["tp"], px["fp"], px["fn"]) == (tp, fp, fn)  # exact at the snapped threshold
         _, _, _, f1_t, iou_t = _direct(maps, masks, t)
@@ -242,8 +271,8 @@ def test_pixel_metrics_from_histograms(dtype) -> None:
     assert pc.pixel_auroc == pytest.approx(metrics.pixel_auroc(maps.astype(np.float32), masks))
     fpr, pro = metrics.pro_curve(maps.astype(np.float32), masks)
     assert np.allclose(pc.pro_fpr, fpr) and np.allclose(pc.pro, pro)
-    assert pc.f1_max == pytest.approx(max(ex.pixel_metrics(pc, t)["f1"] for t in pc.grid))
-    assert ex.pixel_metrics(pc, 1e9)["tp"] == 0 and ex.pixel_metrics(pc, -1e9)["fn"] == 0
+    assert pc.f1_max == pytest.approx(max(pixel_metrics(pc, t)["f1"] for t in pc.grid))
+    assert pixel_metrics(pc, 1e9)["tp"] == 0 and pixel_metrics(pc, -1e9)["fn"] == 0
 
 
 def test_pixel_curves_of_a_set_and_overlay() -> None:
@@ -251,18 +280,18 @@ def test_pixel_curves_of_a_set_and_overlay() -> None:
     labels = np.array([1, 0, 1, 0, 0, 1])
     has_mask = np.array([True, True, True, True, True, False])  # the last defect has no mask
     ss = _set(maps.reshape(6, -1).max(1).astype(np.float64), labels, maps=maps, masks=masks, has_mask=has_mask)
-    pc = ex.pixel_curves(ss)
+    pc = pixel_curves(ss)
     assert pc.n_images == 5 and pc.n_pos == int(masks.sum())
-    assert ex.pixel_curves(ss) is pc
+    assert pixel_curves(ss) is pc
     # relabeling image 0 good empties its mask; relabeling image 1 defective drops its pixel truth
     re = ss.with_labels({"test/x/000.png": 0, "test/x/001.png": 1})
     assert not re.masks[0].any() and re.has_mask[0] and not re.has_mask[1]
     assert ss.masks[0].any()  # the original is untouched
-    assert ex.pixel_curves(re).n_images == 4
-    seg = ex.binary_segmentation(maps[0], pc.f1_threshold)
-    img = ex.segmentation_overlay(np.zeros((3, 24, 24), np.uint8), seg, masks[0])
+    assert pixel_curves(re).n_images == 4
+    seg = binary_segmentation(maps[0], pc.f1_threshold)
+    img = segmentation_overlay(np.zeros((3, 24, 24), np.uint8), seg, masks[0])
     assert img.shape == (24, 24, 3) and img.dtype == np.uint8 and img[seg].any()
-    assert ex.pixel_curves(_set(S, Y)) is None  # no maps
+    assert pixel_curves(_set(S, Y)) is None  # no maps
 
 
 # ------------------------------------------------------------------------------- decision record
@@ -271,22 +300,22 @@ def test_decision_record_round_trip_and_mismatches() -> None:
     labels = np.array([1, 0, 1, 0, 0, 0])
     ss = _set(maps.reshape(6, -1).max(1).astype(np.float64), labels, maps=maps, masks=masks,
               has_mask=np.ones(6, bool), data="builtin:synthetic", category="bottle")
-    c = ex.curves_for(ss)
-    t = ex.choose_threshold(c, "cost", costs=ex.Costs(1, 5, 0.5))
-    rec = ex.decision_record(ss, t, rule="cost", costs=ex.Costs(1, 5, 0.5), pixel_threshold=0.2, note="line 3, shift A")
-    assert rec["threshold"] == t and rec["metrics"]["cost_per_1000"] == ex.operating_point(c, t, ex.Costs(1, 5, 0.5))["cost_per_1000"]
+    c = curves_for(ss)
+    t = choose_threshold(c, "cost", costs=Costs(1, 5, 0.5))
+    rec = decision_record(ss, t, rule="cost", costs=Costs(1, 5, 0.5), pixel_threshold=0.2, note="line 3, shift A")
+    assert rec["threshold"] == t and rec["metrics"]["cost_per_1000"] == operating_point(c, t, Costs(1, 5, 0.5))["cost_per_1000"]
     assert rec["pixel"]["f1"] is not None and rec["created_utc"].endswith("Z")
-    assert ex.record_from_json(ex.record_to_json(rec)) == rec
-    text = ex.record_to_csv(rec)
+    assert record_from_json(record_to_json(rec)) == rec
+    text = record_to_csv(rec)
     assert len(text.strip().splitlines()) == 2 and "metrics.tp" in text.splitlines()[0]
-    assert ex.record_from_csv(text) == rec
-    assert ex.record_from_csv(text.encode("utf-8-sig")) == rec  # Excel's BOM
-    assert ex.check_record(rec, ss) == []
+    assert record_from_csv(text) == rec
+    assert record_from_csv(text.encode("utf-8-sig")) == rec  # Excel's BOM
+    assert check_record(rec, ss) == []
     # other labels, other images, other run/detector
-    msgs = ex.check_record(rec, ss.with_labels({"test/x/001.png": 1}))
+    msgs = check_record(rec, ss.with_labels({"test/x/001.png": 1}))
     assert len(msgs) == 1 and "different labels" in msgs[0] and "2 defective, 4 good then; 3 defective, 3 good now" in msgs[0]
-    other = ex.ScoredSet("run-b", "projection", tuple(f"test/y/{i}.png" for i in range(6)), ss.defects, labels, ss.scores)
-    msgs = ex.check_record(rec, other)
+    other = ScoredSet("run-b", "projection", tuple(f"test/y/{i}.png" for i in range(6)), ss.defects, labels, ss.scores)
+    msgs = check_record(rec, other)
     assert any("run run-a" in m and "run-b" in m for m in msgs)
     assert any("projection" in m for m in msgs) and any("different test images" in m for m in msgs)
 
@@ -301,11 +330,11 @@ def test_decision_record_round_trip_and_mismatches() -> None:
 )
 def test_malformed_json_records(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        ex.record_from_json(text)
+        record_from_json(text)
 
 
 def test_malformed_records_name_the_field() -> None:
-    rec = ex.decision_record(_set(S, Y), 5.0, rule="fpr", target_fpr=0.25)
+    rec = decision_record(_set(S, Y), 5.0, rule="fpr", target_fpr=0.25)
     for change, reason in [
         ({"threshold": None}, "'threshold' is missing"),
         ({"threshold": "abc"}, "'threshold' must be a number"),
@@ -316,21 +345,22 @@ def test_malformed_records_name_the_field() -> None:
         ({"created_utc": "yesterday"}, "created_utc"),
     ]:
         with pytest.raises(ValueError, match=reason):
-            ex.record_from_json(json.dumps({**rec, **change}))  # inf is written as Infinity
-    csv_text = ex.record_to_csv(rec)
+            record_from_json(json.dumps({**rec, **change}))  # inf is written as Infinity
+    csv_text = record_to_csv(rec)
     header, row = csv_text.strip().splitlines()
     with pytest.raises(ValueError, match="exactly one data row"):
-        ex.record_from_csv(csv_text + row + "\n")
+        record_from_csv(csv_text + row + "\n")
     with pytest.raises(ValueError, match="columns"):
-        ex.record_from_csv(header + "\n" + row + ",extra\n")
+        record_from_csv(header + "\n" + row + ",extra\n")
     with pytest.raises(ValueError, match="must be a number"):
-        ex.record_from_csv(csv_text.replace(",5.0,fpr,", ",five,fpr,"))
+        record_from_csv(csv_text.replace(",5.0,fpr,", ",five,fpr,"))
 
 
 # ------------------------------------------------------------------------------ cache and CLI
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from core.train import TrainConfig, fit
+    from core.config import TrainConfig
+    from core.training.loop import fit
 
     cfg = TrainConfig(data="builtin:synthetic", category="bottle", size=32, base_channels=4, depth=3, batch_size=32,
                       device="cpu", epochs=1)
@@ -338,50 +368,50 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scored_set_is_cached_and_rescored_after_retraining(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.evaluate
+    import core.evaluation.scored
 
     calls = []
-    real = core.evaluate.score_split
-    monkeypatch.setattr(core.evaluate, "score_split", lambda *a, **k: calls.append(1) or real(*a, **k))
-    ex._MEMO.clear()
-    ss = ex.scored_set(tiny_run)
-    path = ex.scored_set_path(tiny_run)
+    real = core.evaluation.scored.score_split
+    monkeypatch.setattr(core.evaluation.scored, "score_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _MEMO.clear()
+    ss = scored_set(tiny_run)
+    path = scored_set_path(tiny_run)
     assert path == tiny_run / "scored" / "reconstruction.npz" and path.is_file() and len(calls) == 1
     assert ss.maps.dtype == np.float16 and ss.maps.shape[1:] == (32, 32) and ss.masks.dtype == bool
     assert ss.run_id == tiny_run.name and ss.category == "bottle" and ss.paths[0].startswith("test/")
     assert set(ss.labels.tolist()) == {0, 1} and ss.has_mask.all()
-    assert ex.scored_set(tiny_run) is ss and len(calls) == 1  # in memory
-    ex._MEMO.clear()
-    again = ex.scored_set(tiny_run)  # from the .npz
+    assert scored_set(tiny_run) is ss and len(calls) == 1  # in memory
+    _MEMO.clear()
+    again = scored_set(tiny_run)  # from the .npz
     assert len(calls) == 1 and np.array_equal(again.scores, ss.scores) and np.array_equal(again.maps, ss.maps)
     assert again.fingerprint_data() == ss.fingerprint_data() and again.fingerprint_labels() == ss.fingerprint_labels()
     # a retrained run (new checkpoint mtime) is rescored
     ckpt = tiny_run / "model.pt"
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    ex.scored_set(tiny_run)
+    scored_set(tiny_run)
     assert len(calls) == 2
     # the scores are the run's own: same as evaluate's
-    from core.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run
 
     m = evaluate_run(tiny_run, device="cpu", strips=False)
-    assert ex.curves_for(ss).auroc == pytest.approx(m["image_auroc"])
+    assert curves_for(ss).auroc == pytest.approx(m["image_auroc"])
 
 
 def test_projection_scored_set_keyed_by_settings(tiny_run: Path) -> None:
-    from core.projection import ProjectionConfig
+    from core.config import ProjectionConfig
 
-    a = ex.scored_set(tiny_run, "projection", projection_config={"steps": 1})
-    pa = ex.scored_set_path(tiny_run, "projection", ProjectionConfig(steps=1))
-    assert pa.name.startswith("projection_") and pa.is_file() and pa != ex.scored_set_path(tiny_run, "projection", {"steps": 2})
-    assert a.detector == "projection" and a.maps is not None and a.meta["projection"]["steps"] == 1
-    own = ex.scored_set(tiny_run)
+    a = scored_set(tiny_run, "projection", projection_config={"steps": 1})
+    pa = scored_set_path(tiny_run, "projection", ProjectionConfig(steps=1))
+    assert pa.name.startswith("projection_") and pa.is_file() and pa != scored_set_path(tiny_run, "projection", {"steps": 2})
+    assert a.detector == "projection" and a.maps is not None and a.meta["settings"]["steps"] == 1
+    own = scored_set(tiny_run)
     assert a.paths == own.paths and not np.array_equal(a.scores, own.scores)
-    assert ex.scored_set(tiny_run, "projection", projection_config=ProjectionConfig(steps=1)) is a  # cached
-    with pytest.raises(ValueError, match="detector must be"):
-        ex.scored_set(tiny_run, "magic")
-    with pytest.raises(ValueError, match="use detector reconstruction or projection"):
-        ex.scored_set(tiny_run, "fnet")
+    assert scored_set(tiny_run, "projection", projection_config=ProjectionConfig(steps=1)) is a  # cached
+    with pytest.raises(ValueError, match="unknown detector"):
+        scored_set(tiny_run, "magic")
+    with pytest.raises(ValueError, match="does not work on ae runs"):
+        scored_set(tiny_run, "fnet")
 
 
 def test_cli_evaluate_with_rule(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -395,8 +425,8 @@ def test_cli_evaluate_with_rule(tiny_run: Path, capsys: pytest.CaptureFixture[st
     assert m["f1_max_threshold"] == plain["threshold"]
     for key in ("threshold", "tp", "fp", "tn", "fn", "tpr", "fpr", "precision", "recall", "f1", "accuracy"):
         assert key in m, key
-    ss = ex.scored_set(tiny_run)
-    assert m["threshold"] == ex.choose_threshold(ss, "fpr", target_fpr=0.1)
+    ss = scored_set(tiny_run)
+    assert m["threshold"] == choose_threshold(ss, "fpr", target_fpr=0.1)
     assert main(["evaluate", str(tiny_run), "--json", "--no-strips", "--device", "cpu",
                  "--rule", "cost", "--cost-fp", "1", "--cost-fn", "20", "--cost-review", "0.5"]) == 0
     m = json.loads(capsys.readouterr().out)
@@ -415,9 +445,9 @@ def test_cli_evaluate_with_rule(tiny_run: Path, capsys: pytest.CaptureFixture[st
 )
 def test_cli_rule_errors_exit_2(tiny_run: Path, extra: list[str], reason: str, capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.fnet
+    import core.evaluation.evaluate
 
-    monkeypatch.setattr(core.fnet, "evaluate_any", lambda *a, **k: pytest.fail("scored before checking the flags"))
+    monkeypatch.setattr(core.evaluation.evaluate, "evaluate_any", lambda *a, **k: pytest.fail("scored before checking the flags"))
     assert main(["evaluate", str(tiny_run), "--json", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and "\n" not in err and "Traceback" not in err

@@ -10,22 +10,14 @@ import pytest
 import torch
 
 from core import runs
-from core.fnet import (
-    FNet,
-    FNetConfig,
-    FNetDetector,
-    _loss,
-    evaluate_any,
-    find_mobilenet_weights,
-    is_fnet_run,
-    load_backbone_weights,
-    load_fnet,
-    paste_defect,
-    paste_defects,
-    reference_sets,
-)
+from core.config import FNetConfig, TrainConfig
+from core.data.references import paste_defect, paste_defects, reference_sets
+from core.detectors.fnet_distance import FNetDetector, is_fnet_run, load_fnet
+from core.evaluation.evaluate import evaluate_any
 from core.models.contract import AnomalyOutput
-from core.train import TrainConfig, fit
+from core.models.fnet import FNet, find_mobilenet_weights, load_backbone_weights
+from core.training.fnet import _loss
+from core.training.loop import fit
 
 TINY_FNET = dict(data="builtin:synthetic", category="bottle", model="fnet", size=32, base_channels=8, fnet_stages=3,
                  fnet_embed_dim=16, fnet_references="paste,digits", epochs=2, batch_size=32, device="cpu")
@@ -49,8 +41,8 @@ def test_embedding_is_unit_norm_and_distance_is_l1_to_center() -> None:
     assert d[1].item() == pytest.approx((e[1] - e[0]).abs().sum().item(), rel=1e-5)
     out = FNetDetector(f).predict(x)
     assert isinstance(out, AnomalyOutput) and out.reconstruction is None
-    assert out.score.shape == (3,) and out.anomaly_map.shape == (3, 32, 32)
-    assert torch.allclose(out.anomaly_map[1], torch.full((32, 32), float(out.score[1])))
+    assert out.score.shape == (3,) and out.anomaly_map is None  # F does not localize: no fake map
+    assert torch.allclose(out.score, d)
 
 
 def test_l2_constrained_softmax_logits_scale_with_alpha() -> None:
@@ -120,7 +112,7 @@ def test_evaluate_reports_image_roc_and_null_pixel_metrics(fnet_run: Path) -> No
 
 
 def test_cli_train_and_evaluate_fnet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from core.__main__ import main
+    from core.cli.main import main
 
     out = tmp_path / "f"
     assert main(["train", "--model", "fnet", "--size", "32", "--epochs", "1", "--base-channels", "4", "--fnet-stages", "2",

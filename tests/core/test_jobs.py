@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import FAILED, FINISHED, STOPPED, JobContext, JobRegistry
-from core.tasks import training_task
-from core.train import TrainConfig
+from core.config import TrainConfig
+from core.services.jobs import FAILED, FINISHED, STOPPED, JobContext, JobRegistry
+from core.services.tasks import training_task
 
 
 def test_job_publishes_state_and_result() -> None:

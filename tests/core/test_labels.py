@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.__main__ import main
+from core.cli.main import main
+from core.data.images import read_image, read_mask, save_png
 from core.data.index import index_path
-from core.images import read_image, read_mask, save_png
-from core.labels import (
+from core.labels.effective import effective_labels
+from core.labels.export import export_mvtec
+from core.labels.store import (
     LabelError,
     LabelImportError,
     LabelStore,
     canonical_key,
     dataset_key,
-    effective_labels,
-    export_mvtec,
     file_sha1,
     index_key,
     normalize_mask,
@@ -337,7 +337,7 @@ def test_export_mvtec_layout_trains(store: LabelStore, mvtec: Path, tmp_path: Pa
 
 _WORKER = textwrap.dedent("""
     import json, os, sys, time
-    from core.labels import LabelStore
+    from core.labels.store import LabelStore
     db, mode, tag, n, go = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     store = LabelStore(db, busy_timeout=0.0 if mode == "set" else 5.0)  # "set": only our retry loop handles conflicts
     store.count()  # open (and create) before the start signal
@@ -416,7 +416,7 @@ def test_locked_database_is_retried_with_backoff(tmp_path: Path) -> None:
     import sqlite3
     import threading
 
-    from core.labels import LabelStoreError
+    from core.labels.store import LabelStoreError
 
     db = tmp_path / "lock.sqlite"
     store = LabelStore(db, busy_timeout=0.0)  # no SQLite wait: every conflict goes through the retry loop
@@ -481,7 +481,7 @@ def test_process_killed_mid_write_leaves_database_intact(tmp_path: Path) -> None
 def test_review_order_queues() -> None:
     from types import SimpleNamespace
 
-    from core.labels import review_order
+    from core.labels.review import review_order
 
     mine = [None, SimpleNamespace(label="good"), None, SimpleNamespace(label="defective")]
     dataset = np.array([1, 1, 0, 0])

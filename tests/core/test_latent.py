@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.latent import decoded_grid, has_latent, latent_codes, project_2d, shows_latent
-from core.models import AEConfig, ConvAutoencoder, ConvVAE, VAEConfig
+from core.config import AEConfig, VAEConfig
+from core.models import ConvAutoencoder, ConvVAE
+from core.services.latent import (
+    decoded_grid,
+    has_latent,
+    latent_codes,
+    project_2d,
+    shows_latent,
+)
 
 
 def _vae(z_dim: int) -> ConvVAE:

@@ -1,4 +1,4 @@
-"""Tests for core.metrics with hand-computed expected values."""
+"""Tests for core.evaluation.metrics with hand-computed expected values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import metrics as M
-from core.metrics import (
+from core.evaluation import metrics as M
+from core.evaluation.metrics import (
     Confusion,
     aupro,
     average_precision,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.models import AEConfig, AnomalyOutput, ConvAutoencoder, ConvVAE, VAEConfig, build_model
-from core.scoring import ReconstructionDetector, ScoreConfig, gaussian_blur, image_scores
+from core.config import AEConfig, ScoreConfig, VAEConfig
+from core.detectors.maps import gaussian_blur, image_scores
+from core.detectors.reconstruction import ReconstructionDetector
+from core.models import AnomalyOutput, ConvAutoencoder, ConvVAE, build_model
 
 
 @pytest.mark.parametrize("channels", [1, 3])

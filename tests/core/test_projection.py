@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.config import ProjectionConfig
+from core.detectors.projection import ProjectionDetector, project, run_projection
 from core.models.contract import AnomalyOutput
-from core.projection import ProjectionConfig, ProjectionDetector, project, run_projection
 
 
 class ConstantModel(torch.nn.Module):
@@ -90,10 +91,10 @@ def test_values_stay_in_range_and_frames_are_lazy() -> None:
 
 
 def test_energy_decreases_on_a_trained_model(tmp_path) -> None:
+    from core.config import TrainConfig
+    from core.evaluation.scored import load_test_split
     from core.runs import load_run
-    from core.train import TrainConfig, fit
-
-    from core.evaluate import load_test_split
+    from core.training.loop import fit
 
     run = load_run(fit(TrainConfig(data="builtin:digits", model="vae", size=32, z_dim=8, epochs=3, device="cpu"), tmp_path / "v"))
     _, split = load_test_split(run)
@@ -142,7 +143,8 @@ def test_cli_project_json_and_gif(tmp_path) -> None:
 
     from PIL import Image
 
-    from core.train import TrainConfig, fit
+    from core.config import TrainConfig
+    from core.training.loop import fit
 
     run_dir = fit(TrainConfig(data="builtin:synthetic", category="mesh", model="vae", size=32, z_dim=8, epochs=1, device="cpu"),
                   tmp_path / "vae")
@@ -163,7 +165,7 @@ def test_cli_project_json_and_gif(tmp_path) -> None:
 
 
 def test_bench_project_reports_ratios() -> None:
-    from core.bench import bench_project
+    from core.cli.bench import bench_project
 
     r = bench_project("builtin:synthetic", "bottle", 32, steps=1, batch_size=16)
     assert r["batched_seconds"] > 0 and r["sequential_seconds"] > 0
@@ -171,7 +173,8 @@ def test_bench_project_reports_ratios() -> None:
 
 
 def test_projection_works_with_the_autoencoder_too() -> None:
-    from core.models import AEConfig, ConvAutoencoder
+    from core.config import AEConfig
+    from core.models import ConvAutoencoder
 
     torch.manual_seed(0)
     model = ConvAutoencoder(AEConfig(in_channels=1, base_channels=4, depth=3)).eval()

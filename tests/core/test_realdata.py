@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import TrainConfig
 from core.data.index import index_path
-from core.evaluate import evaluate_run
-from core.train import TrainConfig, fit
+from core.evaluation.evaluate import evaluate_run
+from core.training.loop import fit
 
 pytestmark = pytest.mark.realdata
 

@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 
 from core.data import synthetic
-from core.data.synthetic import CATEGORIES, DEFECT_TYPES, generate, generate_category, render_sample
+from core.data.synthetic import (
+    CATEGORIES,
+    DEFECT_TYPES,
+    generate,
+    generate_category,
+    render_sample,
+)
 
 SMALL = {"size": 64, "n_train": 6, "n_test_good": 3, "n_test_per_defect": 2}
 PROJECT_DIR = Path(__file__).resolve().parents[2]

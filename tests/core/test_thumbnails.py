@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.thumbnails as thumbs
-from core.thumbnails import (
+import core.services.thumbnails as thumbs
+from core.services.thumbnails import (
     cache_key,
     check_images,
     contact_sheet,
@@ -46,11 +46,11 @@ def _gradient(h: int = 40, w: int = 40, channels: int = 3) -> np.ndarray:
 
 @pytest.fixture()
 def decode_log(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Record every path that core.thumbnails decodes (source images and cached thumbnails)."""
+    """Record every path that core.services.thumbnails decodes (source images and cached thumbnails)."""
     calls: list[Path] = []
     real = thumbs.read_image
 
-    def counting(source, name=None):  # noqa: ANN001 - mirrors core.images.read_image
+    def counting(source, name=None):  # noqa: ANN001 - mirrors core.data.images.read_image
         calls.append(Path(source))
         return real(source, name)
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from core import runs
-from core.evaluate import evaluate_run
-from core.train import Progress, TrainConfig, fit
+from core.config import TrainConfig
+from core.evaluation.evaluate import evaluate_run
+from core.training.common import Progress
+from core.training.loop import fit
 
 TINY = dict(data="builtin:synthetic", category="bottle", size=32, base_channels=4, depth=3, batch_size=32, device="cpu")
 

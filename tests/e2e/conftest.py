@@ -94,7 +94,8 @@ def page(browser, app_server: str):
 @pytest.fixture(scope="session")
 def server_vae_run(app_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny VAE trained inside the server's workspace (the app_server fixture makes "e2e_workspace*")."""
-    from core.train import TrainConfig, fit
+    from core.config import TrainConfig
+    from core.training.loop import fit
 
     found = sorted(tmp_path_factory.getbasetemp().glob("e2e_workspace*"), key=lambda p: p.stat().st_mtime)
     if not found:

@@ -6,7 +6,6 @@ import os
 import time
 
 import pytest
-
 from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -17,7 +16,7 @@ def _server_workspace(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_keys_g_and_d_store_two_labels(page, app_server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from core.labels import LabelStore, dataset_key
+    from core.labels.store import LabelStore, dataset_key
 
     db = LabelStore(_server_workspace(tmp_path_factory) / "labels.sqlite")
     key = dataset_key("builtin:synthetic", "bottle")

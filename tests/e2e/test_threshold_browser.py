@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser

@@ -1,7 +1,7 @@
 """``python -m core labels {export,import,stats}``: the label store from the command line.
 
 Bad input raises ValueError subclasses (LabelImportError, LabelStoreError, DatasetError), which
-``core.__main__`` turns into exit code 2 with a one-line message.
+``core.cli.main`` turns into exit code 2 with a one-line message.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from core.labels import LABEL_SOURCES, LABELS, LabelStore, dataset_key, export_mvtec
+from core.data.builtin import open_dataset
+from core.errors import ConfigError
+from core.labels.export import export_mvtec
+from core.labels.store import LABEL_SOURCES, LABELS, LabelStore, dataset_key
 
 
 def _store(args: argparse.Namespace) -> LabelStore:
@@ -21,10 +24,9 @@ def _store(args: argparse.Namespace) -> LabelStore:
 def cmd_labels_export(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.format == "mvtec":
-        from core.data.builtin import open_dataset
 
         if not args.data or not args.out:
-            raise ValueError("--format mvtec needs --data (and --category) and --out FOLDER")
+            raise ConfigError("--format mvtec needs --data (and --category) and --out FOLDER")
         index = open_dataset(args.data, args.category)
         key = dataset_key(args.data, index.category)
         summary = export_mvtec(index, args.out, store=store, dataset=key, source=args.source, overwrite=args.overwrite)

@@ -2,7 +2,7 @@
 
 A thumbnail is a ``(size, size, 3)`` uint8 RGB array: the image scaled to fit the square (aspect
 ratio kept, letterboxed on a neutral gray). The first request decodes the full image through
-:mod:`core.images`; the result is written as a small JPEG under
+:mod:`core.data.images`; the result is written as a small JPEG under
 ``<workspace>/cache/thumbs/`` and every later request only reads that file (about 4 KB).
 
 The cache key is the SHA-1 of (absolute path, mtime_ns, file size, thumbnail size, version), so an
@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.images import ImageError, read_image, resize, to_channels
+from core.data.images import ImageError, read_image, resize, to_channels
+from core.errors import ConfigError
 from core.workspace import atomic_write_bytes, cache_dir
 
 THUMB_VERSION = "v1"
@@ -50,7 +51,7 @@ T = TypeVar("T")
 def _check_size(size: int) -> int:
     size = int(size)
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"thumbnail size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+        raise ConfigError(f"thumbnail size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
     return size
 
 
@@ -261,14 +262,14 @@ def contact_sheet(
         ValueError: for no thumbnails, ``columns < 1``, mixed sizes or a label count mismatch.
     """
     if not thumbs:
-        raise ValueError("contact_sheet needs at least one thumbnail")
+        raise ConfigError("contact_sheet needs at least one thumbnail")
     if columns < 1:
-        raise ValueError(f"columns must be >= 1, got {columns}")
+        raise ConfigError(f"columns must be >= 1, got {columns}")
     if labels is not None and len(labels) != len(thumbs):
-        raise ValueError(f"got {len(labels)} labels for {len(thumbs)} thumbnails")
+        raise ConfigError(f"got {len(labels)} labels for {len(thumbs)} thumbnails")
     th, tw = thumbs[0].shape[:2]
     if any(t.shape[:2] != (th, tw) for t in thumbs):
-        raise ValueError("all thumbnails must have the same height and width")
+        raise ConfigError("all thumbnails must have the same height and width")
     label_h = 14 if labels is not None else 0
     rows = -(-len(thumbs) // columns)
     cell_h, cell_w = th + label_h + gap, tw + gap

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import ConfigError
+
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 
 
@@ -130,7 +132,7 @@ class JobRegistry:
         with self._lock:
             old = self._jobs.get(job_id)
             if old is not None and old.status == RUNNING:
-                raise ValueError(f"job {job_id} is already running")
+                raise ConfigError(f"job {job_id} is already running")
             job = Job(job_id, kind, title, fn, state=dict(state))
             self._jobs[job_id] = job
             self._prune()

@@ -1,4 +1,4 @@
-"""Job functions for the app: long work wrapped for :class:`core.jobs.JobRegistry`."""
+"""Job functions for the app: long work wrapped for :class:`core.services.jobs.JobRegistry`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.jobs import JobContext
-from core.train import Progress, TrainConfig, fit
+from core.config import TrainConfig
+from core.detectors.anounet import AnoUnet, AnoUnetProgress
+from core.detectors.fnet_distance import load_fnet
+from core.device import resolve_device
+from core.evaluation.evaluate import (
+    evaluate_any,  # evaluate_run, or the f-Net's own (distance to C)
+)
+from core.services.jobs import JobContext
+from core.training.common import Progress
+from core.training.loop import fit
+from core.training.warm_start import resolve_warm_start
 
 
 def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool = True) -> Callable[[JobContext], dict[str, Any]]:
@@ -37,7 +46,6 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
         ctx.update(run_dir=str(out))
         result: dict[str, Any] = {"run_dir": str(out)}
         if evaluate:
-            from core.fnet import evaluate_any  # evaluate_run, or the f-Net's own (distance to C)
 
             ctx.update(phase="scoring the test images")
             result["metrics"] = evaluate_any(out, device=cfg.device)
@@ -59,8 +67,6 @@ def anounet_task(
     ({image index: :class:`core.anounet.ImageResult`}, as images finish). Returns ``{"results": [...]}``
     in request order (None for images a stop request kept from starting).
     """
-    from core.anounet import AnoUnet, AnoUnetProgress, resolve_warm_start
-    from core.fnet import load_fnet
 
     def task(ctx: JobContext) -> dict[str, Any]:
         # The worker owns these; the published state always gets fresh copies (a snapshot may be
@@ -87,7 +93,6 @@ def anounet_task(
                 update["results"] = dict(finished)
             ctx.update(**update)
 
-        from core.device import resolve_device
 
         ctx.update(phase="loading", done=0, total=len(images), cached=0, curves={}, previews={}, results={})
         dev = resolve_device(device)

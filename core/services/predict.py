@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.images import ImageError, read_image, resize, to_channels, to_float_chw
+from core.data.images import ImageError, read_image, resize, to_channels, to_float_chw
+from core.detectors import registry as detectors
 from core.runs import LoadedRun
 
 
@@ -41,7 +42,7 @@ def analyze_image(run: LoadedRun, name: str, img: np.ndarray) -> Analysis:
     cfg = run.config
     try:
         x = to_channels(resize(to_channels(img, cfg.channels), cfg.size), cfg.channels)
-        out = run.detector().predict(torch.from_numpy(to_float_chw(x))[None])
+        out = detectors.build(run).predict(torch.from_numpy(to_float_chw(x))[None])
     except Exception as exc:  # an odd image must never crash the page: say what happened instead
         return Analysis(name, error=f"{name}: could not be analysed ({type(exc).__name__}: {str(exc)[:200]})")
     recon = out.reconstruction
@@ -93,7 +94,7 @@ def maps_for(run: LoadedRun, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if h != cfg.size:
         x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", align_corners=False, antialias=True)
     with torch.no_grad():
-        out = run.detector().predict(x)
+        out = detectors.build(run).predict(x)
     amap = out.anomaly_map.float().unsqueeze(1)
     if amap.shape[-1] != h:
         amap = F.interpolate(amap, size=(h, h), mode="bilinear", align_corners=False)

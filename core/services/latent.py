@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.images import to_uint8_hwc
+from core.data.images import to_uint8_hwc
+from core.errors import ConfigError
 
 LATENT_VIEW_MAX_SIZE = 64
 """Latent views are offered for images up to this side: a grid of larger images is unreadable."""
@@ -82,10 +83,10 @@ def latent_codes(model: torch.nn.Module, images_float: np.ndarray | torch.Tensor
         ValueError: for a model without an encoder or images that are not ``[N, C, H, W]``.
     """
     if not has_latent(model):
-        raise ValueError(f"{type(model).__name__} has no latent space (needs encode() and decode())")
+        raise ConfigError(f"{type(model).__name__} has no latent space (needs encode() and decode())")
     x = torch.as_tensor(images_float)
     if x.ndim != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
+        raise ConfigError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
     model.eval()
     device = _device(model)
     out = [model.encode(x[i : i + batch_size].to(device).float())[0].float().cpu() for i in range(0, len(x), batch_size)]
@@ -126,9 +127,9 @@ def project_2d(codes: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)
     """
     codes = np.asarray(codes, dtype=np.float64)
     if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
-        raise ValueError(f"codes must be a non-empty [N, z_dim] array, got shape {codes.shape}")
+        raise ConfigError(f"codes must be a non-empty [N, z_dim] array, got shape {codes.shape}")
     if not np.isfinite(codes).all():
-        raise ValueError("codes contain NaN or inf")
+        raise ConfigError("codes contain NaN or inf")
     n, z_dim = codes.shape
     if z_dim <= 2:
         components = np.eye(2, z_dim)
@@ -173,13 +174,13 @@ def decoded_grid(model: torch.nn.Module, basis_info: LatentBasis, n: int = 12, e
         ValueError: for a model without a decoder, ``n < 1`` or an empty extent.
     """
     if not has_latent(model):
-        raise ValueError(f"{type(model).__name__} has no decoder")
+        raise ConfigError(f"{type(model).__name__} has no decoder")
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     box = basis_info.extent if extent is None else (-extent, extent, -extent, extent) if isinstance(extent, (int, float)) else extent
     x0, x1, y0, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"extent must have x_max > x_min and y_max > y_min, got {box}")
+        raise ConfigError(f"extent must have x_max > x_min and y_max > y_min, got {box}")
     xs = np.linspace(x0, x1, n)
     ys = np.linspace(y1, y0, n)  # top row = largest y
     plane = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row-major: (row i, column j)

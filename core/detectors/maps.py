@@ -5,36 +5,17 @@ Score modes:
     max   - max of the (smoothed) map
     topk  - mean of the top ``topk_percent`` % pixels of the (smoothed) map (robust to single-pixel noise)
     sum   - the bottle AE article's score: sum of |input - reconstruction| over all pixels and channels
-            of 0-255 images (never smoothed)
-"""
+            of 0-255 images (never smoothed)"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-SCORE_MODES = ("mean", "max", "topk", "sum")
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """How a map becomes an image score."""
-
-    mode: str = "topk"
-    topk_percent: float = 1.0
-    smooth_sigma: float = 2.0
-
-    def validate(self) -> None:
-        """Raise ValueError on an unknown mode or out-of-range parameter."""
-        if self.mode not in SCORE_MODES:
-            raise ValueError(f"score mode must be one of {', '.join(SCORE_MODES)}, got {self.mode!r}")
-        if not 0 < self.topk_percent <= 100:
-            raise ValueError(f"topk_percent must be in (0, 100], got {self.topk_percent}")
-        if self.smooth_sigma < 0:
-            raise ValueError("smooth_sigma must be >= 0")
+from core.config import ScoreConfig
+from core.errors import ConfigError
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -70,24 +51,5 @@ def image_scores(maps: torch.Tensor, cfg: ScoreConfig, raw_diff_sum: torch.Tenso
         k = max(1, int(round(flat.shape[1] * cfg.topk_percent / 100.0)))
         return flat.topk(k, dim=1).values.mean(1)
     if raw_diff_sum is None:
-        raise ValueError("score mode 'sum' needs the raw difference sum")
+        raise ConfigError("score mode 'sum' needs the raw difference sum")
     return raw_diff_sum
-
-
-class ReconstructionDetector:
-    """Wraps any model with ``reconstruct(x)`` into a detector returning :class:`AnomalyOutput`."""
-
-    def __init__(self, model: torch.nn.Module, score: ScoreConfig | None = None) -> None:
-        self.model = model.eval()
-        self.score = score or ScoreConfig()
-        self.score.validate()
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor):
-        from core.models.contract import AnomalyOutput
-
-        recon = self.model.reconstruct(x).float()
-        diff = (x.float() - recon).abs()
-        maps = gaussian_blur(diff.mean(1), self.score.smooth_sigma)
-        raw_sum = diff.flatten(1).sum(1) * 255.0
-        return AnomalyOutput(image_scores(maps, self.score, raw_sum), maps, recon)

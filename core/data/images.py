@@ -13,6 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import AnomalyLabError, ConfigError
+from core.workspace import atomic_write_bytes
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 40_000_000
 """Refuse images above this many pixels (decompression-bomb guard; a 6000x6000 photo still loads)."""
@@ -21,7 +24,7 @@ MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = None
 
 
-class ImageError(ValueError):
+class ImageError(AnomalyLabError):
     """An image that cannot be used, with a reason a person can act on."""
 
 
@@ -98,7 +101,7 @@ def read_image(source: Path | str | bytes, name: str | None = None) -> np.ndarra
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     """Convert a uint8 image to ``channels`` (1 or 3) as ``(H, W, channels)``."""
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == channels:
@@ -162,6 +165,5 @@ def encode_png(img: np.ndarray) -> bytes:
 
 def save_png(path: Path | str, img: np.ndarray) -> None:
     """Write a uint8 image as PNG atomically."""
-    from core.workspace import atomic_write_bytes
 
     atomic_write_bytes(path, encode_png(img))

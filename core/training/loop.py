@@ -3,16 +3,14 @@
 ``fit()`` never prints. The CLI wraps it with tqdm; the app runs it in a background job.
 A run folder holds ``config.json``, ``model.pt`` (best validation checkpoint), ``last.pt`` (for
 resume), ``history.json`` (status and per-epoch losses); evaluation adds ``metrics.json``,
-``scores.csv`` and ``strips/``.
-"""
+``scores.csv`` and ``strips/``."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,140 +18,14 @@ import numpy as np
 import torch
 
 from core import runs
+from core.config import TrainConfig
 from core.data.builtin import open_dataset
 from core.data.loading import augment_batch, detect_channels, load_split
 from core.device import autocast, resolve_device, resolve_precision
-from core.models import RECONSTRUCTION_MODELS, TRAINABLE_MODELS, build_model  # noqa: F401 (RECONSTRUCTION_MODELS re-exported)
-from core.scoring import ScoreConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything needed to rebuild a run. Stored in ``config.json`` and inside every checkpoint."""
-
-    data: str = "builtin:synthetic"
-    category: str | None = None
-    model: str = "ae"
-    size: int = 128
-    channels: int = 0  # 0 = detect from the data (1 for gray datasets, else 3)
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    z_dim: int = 128
-    base_channels: int = 0  # 0 = model default (AE 16, VAE 32)
-    depth: int = 6  # AE only
-    recon_loss: str = "bce"  # VAE only
-    kl_weight: float = 1.0  # VAE only
-    val_fraction: float = 0.2
-    patience: int = 20
-    seed: int = 0
-    data_seed: int = 0  # built-in synthetic generator seed
-    device: str = "auto"
-    precision: str = "auto"
-    augment: bool = False
-    crop_scale: float = 1.0  # with augment: load at size*crop_scale, random size crops
-    hflip: bool = True  # with augment
-    vflip: bool = False  # with augment
-    max_minutes: float = 0.0  # 0 = no time budget
-    score_mode: str = "topk"
-    topk_percent: float = 1.0
-    smooth_sigma: float = 2.0
-    # f-Net (model "fnet", core/fnet.py) only
-    fnet_embed_dim: int = 64
-    fnet_stages: int = 5
-    fnet_alpha: float = 16.0  # L2-constrained softmax scale
-    fnet_loss: str = "l2softmax"  # or "doc"
-    fnet_references: str = "paste,synthetic,digits,textures"  # "other" image sources
-    backbone: str = "small"  # or "mobilenet_v2" (local ImageNet weights only)
-    backbone_weights: str = ""  # MobileNetV2 weight file; default $TORCH_HOME/hub/checkpoints/mobilenet_v2-*.pth
-    # U-Net (model "unet", the Ano-Unet warm start) only
-    unet_levels: int = 3
-
-    def validate(self) -> None:
-        """Raise ValueError on a bad combination of settings."""
-        if self.model not in TRAINABLE_MODELS:
-            raise ValueError(f"model must be one of {', '.join(TRAINABLE_MODELS)}, got {self.model!r}")
-        if self.size < 8 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("size must be >= 8, epochs and batch size >= 1, lr > 0")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError("val_fraction must be in [0, 1)")
-        if self.channels not in (0, 1, 3):
-            raise ValueError("channels must be 0 (auto), 1 or 3")
-        if self.crop_scale < 1:
-            raise ValueError("crop_scale must be >= 1")
-        if self.model == "fnet":
-            from core.fnet import BACKBONES, FNET_LOSSES, REFERENCE_SOURCES
-
-            if self.fnet_loss not in FNET_LOSSES:
-                raise ValueError(f"fnet_loss must be one of {', '.join(FNET_LOSSES)}, got {self.fnet_loss!r}")
-            if self.backbone not in BACKBONES:
-                raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
-            bad = [s for s in self.fnet_references.split(",") if s.strip() and s.strip() not in REFERENCE_SOURCES]
-            if bad or not self.fnet_references.strip():
-                raise ValueError(f"fnet_references must be a comma-separated subset of {', '.join(REFERENCE_SOURCES)}")
-            if self.batch_size < 2:
-                raise ValueError("an f-Net batch needs at least 2 images (normal and other)")
-        self.score_config().validate()
-
-    def score_config(self) -> ScoreConfig:
-        """The image-score settings of this run."""
-        return ScoreConfig(self.score_mode, self.topk_percent, self.smooth_sigma)
-
-    def arch(self, channels: int) -> dict[str, Any]:
-        """Architecture dict for :func:`core.models.build_model`."""
-        if self.model == "ae":
-            return {"in_channels": channels, "base_channels": self.base_channels or 16, "depth": self.depth}
-        if self.model == "unet":
-            return {"in_channels": channels, "base_channels": self.base_channels or 8, "levels": self.unet_levels}
-        if self.model == "fnet":
-            raise ValueError("the f-Net architecture is built by core.fnet.fit_fnet (it depends on the reference data)")
-        return {
-            "in_channels": channels,
-            "size": self.size,
-            "z_dim": self.z_dim,
-            "base_channels": self.base_channels or 32,
-            "bottleneck": min(8, self.size),
-            "recon_loss": self.recon_loss,
-            "kl_weight": self.kl_weight,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, ignoring unknown keys (configs written by newer versions)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-@dataclass
-class Progress:
-    """What the progress callback receives. ``preview`` is set at epoch ends only."""
-
-    phase: str  # "start", "batch", "epoch", "done"
-    epoch: int
-    epochs: int
-    batch: int = 0
-    batches: int = 0
-    train_loss: float | None = None
-    val_loss: float | None = None
-    best_val_loss: float | None = None
-    seconds: float = 0.0
-    eta_seconds: float | None = None
-    preview: list[tuple[np.ndarray, np.ndarray]] | None = None  # (input, reconstruction) float CHW
-    history: list[dict[str, float]] = field(default_factory=list)
-    message: str = ""
-    run_dir: str = ""
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-def _split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * fraction)) if n >= 2 else 0
-    if fraction > 0 and n >= 2:
-        n_val = max(1, min(n_val, n - 1))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+from core.errors import ConfigError
+from core.models import build_model
+from core.training.common import Progress, ProgressFn, split_train_val, stop_reason
+from core.training.fnet import fit_fnet
 
 
 def _to_model_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -182,14 +54,6 @@ def _preview(model, images: torch.Tensor, device, precision, channels_last) -> l
     return [(a.float().cpu().numpy(), b.float().clamp(0, 1).cpu().numpy()) for a, b in zip(x, recon)]
 
 
-def stop_reason(cfg: TrainConfig, epoch: int, best_epoch: int, elapsed: float) -> str | None:
-    """Why training ends after ``epoch``: ``early_stopped`` (no improvement for ``patience`` epochs),
-    ``time_budget`` (over ``max_minutes``), or None to go on. Shared by every training loop."""
-    if epoch - best_epoch >= cfg.patience:
-        return "early_stopped"
-    if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
-        return "time_budget"
-    return None
 
 
 def fit(
@@ -218,7 +82,6 @@ def fit(
     """
     cfg.validate()
     if cfg.model == "fnet":  # a classifier with its own data pipeline (normal vs. other images)
-        from core.fnet import fit_fnet
 
         return fit_fnet(cfg, run_dir, progress=progress, stop=stop, resume=resume)
     started = time.monotonic()
@@ -233,9 +96,9 @@ def fit(
     load_size = int(round(cfg.size * cfg.crop_scale)) if cfg.augment else cfg.size
     train_full = load_split(index, "train", load_size, channels)
     if len(train_full) == 0:
-        raise ValueError(f"no readable training image in {index.root} ({len(train_full.skipped)} skipped)")
+        raise ConfigError(f"no readable training image in {index.root} ({len(train_full.skipped)} skipped)")
     val_src = train_full if load_size == cfg.size else load_split(index, "train", cfg.size, channels)
-    tr_idx, va_idx = _split_train_val(len(train_full), cfg.val_fraction, cfg.seed)
+    tr_idx, va_idx = split_train_val(len(train_full), cfg.val_fraction, cfg.seed)
     train_images = train_full.images[torch.from_numpy(tr_idx)]
     val_images = val_src.images[torch.from_numpy(va_idx)] if len(va_idx) else train_images[:0]
 
@@ -356,8 +219,3 @@ def fit(
         progress(Progress("done", epoch, cfg.epochs, batches, batches, best_val_loss=best_val,
                           seconds=time.monotonic() - started, history=list(history), message=status))
     return run_dir
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as a plain dict (for JSON and checkpoints)."""
-    return asdict(cfg)

@@ -40,8 +40,7 @@ What this module adds to the article (20 minutes per image, out of memory after 
   warm start's weights; stored as ``.npz`` under ``<workspace>/cache/anounet`` (atomic writes).
 
 Measured on MVTec bottle (128 px, 2 CPU cores; commands and numbers in the change's report):
-defaults give ~1 s per image; pixel AUROC 0.85 vs 0.89 for the bottle AE on all 83 test images.
-"""
+defaults give ~1 s per image; pixel AUROC 0.85 vs 0.89 for the bottle AE on all 83 test images."""
 
 from __future__ import annotations
 
@@ -61,92 +60,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.config import AnoUnetConfig, UNetConfig
+from core.detectors.maps import gaussian_blur, image_scores
 from core.device import autocast, resolve_device, resolve_precision
-from core.fnet import FNet
+from core.errors import ConfigError
 from core.models.contract import AnomalyOutput
-from core.models.unet import UNetConfig, init_params, unet_apply
-from core.scoring import ScoreConfig, gaussian_blur, image_scores
+from core.models.fnet import FNet
+from core.models.unet import init_params, unet_apply
+from core.workspace import atomic_write_bytes, cache_dir
 
 CACHE_VERSION = "anounet/1"
+
+
 STOP_REASONS = ("max_epochs", "plateau", "adversarial", "stopped")
-WARM_START_EPOCHS = 40
-WARM_START_VERSION = 2  # bump when the U-Net's forward changes: old warm-start runs are then not reused
+
+
 _ADAM_BETAS = (0.9, 0.999)
+
+
 _ADAM_EPS = 1e-8
-_WARM_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class AnoUnetConfig:
-    """Settings of the per-image optimization.
-
-    Defaults were chosen by pixel AUROC on 24 MVTec bottle test images (see the module docstring):
-    a residual G (identity at the start), beta 1000, lr 5e-4, up to 150 epochs with plateau stop and
-    guard, maps smoothed with sigma 4. The article's setting is ``residual=False, beta=50, lr=2e-3``
-    (CLI ``--no-residual --beta 50 --lr 2e-3``). beta's scale depends on F: here L_C is an L1 distance
-    between 64-d unit vectors (at most ~16) while L_R sums over every pixel and channel (49,152 values at
-    128 px RGB), hence a larger beta than the article's 50/80.
-
-    Attributes:
-        beta: weight of L_C (article: 50 on 96 px CIFAR-10, 80 on DAGM).
-        epochs: maximum Adam steps per image (article: 150 and 200).
-        lr: Adam learning rate.
-        batch: K, images optimized at once (does not change results, only speed and memory).
-        base_channels, levels, norm_groups, residual, skip: G's architecture (ignored with a warm start: its run's).
-        early_stop: stop an image when its loss plateaus.
-        min_epochs: no plateau or guard stop before this many epochs.
-        window: epochs over which the plateau and the adversarial guard are judged.
-        plateau_tol: plateau when the best loss improved by less than this fraction over ``window``.
-        guard: enable the adversarial guard.
-        noise_level: guard: largest per-pixel change of G(x) over a window that counts as invisible.
-        feature_drop: guard: relative drop of |F(G(x)) - C| over a window that counts as "F changed its mind".
-        score_mode, topk_percent, smooth_sigma: map -> image score (``core.scoring``).
-        precision: ``fp32``, ``bf16`` (CPU with native bf16 / CUDA) or ``auto``.
-        seed: mixed into every image's U-Net initialization.
-    """
-
-    beta: float = 1000.0
-    epochs: int = 150
-    lr: float = 5e-4
-    batch: int = 8
-    base_channels: int = 8
-    levels: int = 3
-    norm_groups: int = 4
-    residual: bool = True
-    skip: str = "concat"
-    early_stop: bool = True
-    min_epochs: int = 30
-    window: int = 10
-    plateau_tol: float = 0.005
-    guard: bool = True
-    noise_level: float = 0.01
-    feature_drop: float = 0.25
-    score_mode: str = "topk"
-    topk_percent: float = 1.0
-    smooth_sigma: float = 4.0
-    precision: str = "fp32"
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ValueError on out-of-range settings."""
-        if self.beta < 0 or self.epochs < 1 or self.lr <= 0 or self.batch < 1:
-            raise ValueError("beta must be >= 0, epochs and batch >= 1, lr > 0")
-        if self.min_epochs < 0 or self.window < 1 or self.plateau_tol < 0 or self.noise_level < 0 or self.feature_drop < 0:
-            raise ValueError("min_epochs, plateau_tol, noise_level and feature_drop must be >= 0, window >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        UNetConfig(3, self.base_channels, self.levels, self.norm_groups, self.residual, self.skip).validate()
-        self.score_config().validate()
-
-    def score_config(self) -> ScoreConfig:
-        """How a map becomes an image score."""
-        return ScoreConfig(self.score_mode, self.topk_percent, self.smooth_sigma)
-
-    def result_settings(self) -> dict[str, Any]:
-        """The settings a result depends on (``batch`` is not one of them): part of the cache key."""
-        d = asdict(self)
-        d.pop("batch")
-        return d
 
 
 @dataclass
@@ -328,9 +262,9 @@ class AnoUnet:
         channels = fnet.cfg.in_channels
         if warm_state is not None:
             if warm_arch is None:
-                raise ValueError("warm_state needs warm_arch")
+                raise ConfigError("warm_state needs warm_arch")
             if warm_arch.in_channels != channels:
-                raise ValueError(f"the warm-start U-Net has {warm_arch.in_channels} channels, the f-Net {channels}")
+                raise ConfigError(f"the warm-start U-Net has {warm_arch.in_channels} channels, the f-Net {channels}")
             self.unet_cfg = warm_arch
             self.warm = {k: v.detach().float().to(self.device) for k, v in warm_state.items()}
         else:
@@ -339,7 +273,7 @@ class AnoUnet:
             self.warm = None
         self.names = list(init_params(self.unet_cfg, 0))
         if self.warm is not None and sorted(self.warm) != sorted(self.names):
-            raise ValueError("the warm-start state does not match the U-Net architecture")
+            raise ConfigError("the warm-start state does not match the U-Net architecture")
         self._fnet_id = tensor_fingerprint({**fnet.state_dict()})
         self._warm_id = tensor_fingerprint(self.warm) if self.warm is not None else "none"
         self._cache = cache
@@ -350,7 +284,6 @@ class AnoUnet:
         if self._cache is False or self._cache is None:
             return None
         if self._cache is True:
-            from core.workspace import cache_dir
 
             return cache_dir("anounet")
         path = Path(self._cache)
@@ -385,7 +318,6 @@ class AnoUnet:
         path = self._cache_path(r.key)
         if path is None:
             return
-        from core.workspace import atomic_write_bytes
 
         buf = io.BytesIO()
         np.savez(buf, reconstruction=r.reconstruction, anomaly_map=r.anomaly_map, score=r.score,
@@ -470,10 +402,10 @@ class AnoUnet:
         """
         images = to_uint8(images).cpu()
         if images.dim() != 4 or images.shape[1] != self.fnet.cfg.in_channels:
-            raise ValueError(f"images must be [N, {self.fnet.cfg.in_channels}, H, W], got {tuple(images.shape)}")
+            raise ConfigError(f"images must be [N, {self.fnet.cfg.in_channels}, H, W], got {tuple(images.shape)}")
         self.unet_cfg.validate(images.shape[-1])
         if images.shape[-2] != images.shape[-1]:
-            raise ValueError("images must be square")
+            raise ConfigError("images must be square")
         started = time.monotonic()
         n = len(images)
         results: list[ImageResult | None] = [None] * n
@@ -594,205 +526,3 @@ class AnoUnet:
             "bytes_per_image": param_bytes + activations + image_bytes,
             "fnet_bytes": fnet_bytes,
         }
-
-
-# --------------------------------------------------------------------------- #
-# Warm start, image selection, evaluation (the CLI's ``anounet`` command)
-# --------------------------------------------------------------------------- #
-def warm_start_dir(fnet_run_dir: Path | str, cfg: AnoUnetConfig) -> Path:
-    """Where ``warm_start="auto"`` keeps its U-Net run: inside the f-Net's run folder."""
-    return Path(fnet_run_dir) / f"warm_unet_v{WARM_START_VERSION}_b{cfg.base_channels}_l{cfg.levels}_s{cfg.seed}"
-
-
-def resolve_warm_start(
-    spec: str, fnet_run_dir: Path | str, cfg: AnoUnetConfig, *, device: str = "auto",
-    progress: Callable[[Any], None] | None = None, stop: threading.Event | None = None,
-) -> tuple[dict[str, torch.Tensor] | None, UNetConfig | None, str | None]:
-    """The warm-start U-Net's parameters and architecture for ``spec``.
-
-    Args:
-        spec: ``none`` (cold start, as the article), ``auto`` (train a U-Net once to reproduce the f-Net's
-            normal training images, :data:`WARM_START_EPOCHS` epochs, kept in :func:`warm_start_dir`
-            and reused afterwards), or the folder of a ``unet`` run.
-        fnet_run_dir: the f-Net run (its data, size and channels define the warm start's).
-        cfg: Ano-Unet settings (G's width and levels for ``auto``).
-        progress, stop: passed to :func:`core.train.fit` when ``auto`` has to train.
-
-    Returns:
-        ``(state, arch, run folder)``, all None for ``none``.
-
-    Raises:
-        core.runs.RunError: the given run is not a usable U-Net run.
-    """
-    from core.runs import BEST_CKPT, RunError, load_run, read_history
-    from core.train import TrainConfig, fit
-
-    if spec in ("", "none", None):
-        return None, None, None
-    if spec == "auto":
-        run_dir = warm_start_dir(fnet_run_dir, cfg)
-        with _WARM_LOCK:
-            ready = (run_dir / BEST_CKPT).is_file() and read_history(run_dir).get("status") in ("finished", "early_stopped", "time_budget")
-            if not ready:
-                from core.runs import load_checkpoint
-
-                fc = TrainConfig.from_dict(load_checkpoint(Path(fnet_run_dir) / BEST_CKPT)["config"])
-                warm_cfg = TrainConfig(
-                    data=fc.data, category=fc.category, model="unet", size=fc.size, channels=fc.channels,
-                    epochs=WARM_START_EPOCHS, batch_size=16, patience=10, base_channels=cfg.base_channels,
-                    unet_levels=cfg.levels, seed=cfg.seed, data_seed=fc.data_seed, device=device, augment=False,
-                )
-                fit(warm_cfg, run_dir, progress=progress, stop=stop)
-    else:
-        run_dir = Path(spec)
-    run = load_run(run_dir, "cpu")
-    if run.config.model != "unet":
-        raise RunError(f"--warm-start needs a unet run (python -m core train --model unet), {run_dir.name} is {run.config.model}")
-    return {k: v.detach() for k, v in run.model.named_parameters()}, run.model.cfg, str(run_dir)
-
-
-def _stratified(defects: list[str], limit: int) -> list[int]:
-    """At most ``limit`` positions, taken round-robin over the defect types (each in its original order)."""
-    groups: dict[str, list[int]] = {}
-    for i, d in enumerate(defects):
-        groups.setdefault(d, []).append(i)
-    out: list[int] = []
-    queues = [deque(v) for _, v in sorted(groups.items())]
-    while len(out) < limit and any(queues):
-        for q in queues:
-            if q and len(out) < limit:
-                out.append(q.popleft())
-    return sorted(out)
-
-
-def evaluate_anounet(
-    fnet_run_dir: Path | str, cfg: AnoUnetConfig, *, images: list[str] | None = None, limit: int | None = None,
-    out: Path | str | None = None, warm_start: str = "none", compare: Path | str | None = None, device: str = "auto",
-    cache: bool = True, progress: ProgressFn | None = None, stop: threading.Event | None = None,
-    warm_progress: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
-    """Run Ano-Unet on test images of an f-Net run's dataset (or on image files), write one map per image, measure.
-
-    Args:
-        fnet_run_dir: the f-Net run (F, C, the dataset, the image size).
-        cfg: Ano-Unet settings.
-        images: test images (paths absolute or relative to the category folder, or defect types) and/or
-            other image files; default the whole test split.
-        limit: at most this many images, spread evenly over the defect types.
-        out: output folder; default ``<fnet run>/anounet/<time>``. Per image ``<defect>/<name>_map.png``
-            (heatmap, one scale for all), ``<defect>/<name>_map.npy`` (the raw map) and
-            ``<defect>/<name>_strip.png`` (input | G(x) | heatmap); ``anounet.json`` holds the summary.
-        warm_start: ``none``, ``auto`` or a unet run (see :func:`resolve_warm_start`).
-        compare: a reconstruction run (e.g. the AE) scored on the same test images.
-        cache: reuse / store results in the workspace cache.
-
-    Returns:
-        A JSON-ready dict: ``pixel_auroc`` (None without masks), ``aupro``, ``image_auroc``,
-        ``image_auroc_fnet`` (distance to C), ``seconds_per_image`` (wall time / images computed),
-        ``memory_per_image_mb``, ``stop_reasons``, ``mean_epochs``, ``*_compare`` keys with ``compare``,
-        counts, settings, ``out``, and ``images`` (one row per image).
-    """
-    from core import metrics
-    from core.data.loading import LoadedSplit, load_samples
-    from core.evaluate import load_test_split, score_split
-    from core.fnet import load_fnet
-    from core.images import read_image, resize, save_png, to_channels
-    from core.projection import select_images
-    from core.runs import load_run
-    from core.viz import heatmap, result_strip
-    from core.workspace import atomic_write_bytes, atomic_write_json
-
-    cfg.validate()
-    dev = resolve_device(device)
-    run = load_fnet(fnet_run_dir, dev)
-    fc = run.config
-    index, split = load_test_split(run)
-    picked: list[int] = []
-    external: list[Path] = []
-    for item in images or []:
-        try:
-            picked += [i for i in select_images(index.root, split, [item]) if i not in picked]
-        except ValueError:
-            if not Path(item).is_file():
-                raise ValueError(f"{item!r} is neither a test image of {index.root}, a defect type, nor an image file") from None
-            external.append(Path(item))
-    if not images:
-        picked = list(range(len(split)))
-    if limit is not None:
-        picked = [picked[i] for i in _stratified([split.samples[i].defect for i in picked], limit)]
-        external = external[: max(0, limit - len(picked))]
-    sel = LoadedSplit(split.images[picked], [split.samples[i] for i in picked], split.masks[picked], split.has_mask[picked])
-    ext_imgs = [to_channels(resize(to_channels(read_image(p), fc.channels), fc.size), fc.channels).transpose(2, 0, 1) for p in external]
-    batch = torch.cat([sel.images, torch.from_numpy(np.stack(ext_imgs))]) if ext_imgs else sel.images
-    if len(batch) == 0:
-        raise ValueError("no image selected")
-
-    warm_state, warm_arch, warm_dir = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=str(dev), progress=warm_progress, stop=stop)
-    ano = AnoUnet(run.model, cfg, warm_state=warm_state, warm_arch=warm_arch, device=dev, cache=cache)
-    t0 = time.perf_counter()
-    results = ano.run(batch, progress=progress, stop=stop)
-    seconds = time.perf_counter() - t0
-    done = [r for r in results if r is not None]
-    n_cached = sum(r.cached for r in done)
-    n_test = len(sel)
-
-    names = [f"{s.defect}/{s.path.stem}" for s in sel.samples] + [f"external/{p.stem}" for p in external]
-    out_dir = Path(out) if out else Path(fnet_run_dir) / "anounet" / time.strftime("%Y%m%d-%H%M%S")
-    maps = np.stack([r.anomaly_map if r is not None else np.zeros(batch.shape[-2:], np.float32) for r in results])
-    vmax = float(np.quantile(maps, 0.999)) if maps.size else 1.0
-    rows = []
-    for k, (name, r) in enumerate(zip(names, results)):
-        row: dict[str, Any] = {"name": name, "label": int(sel.samples[k].label) if k < n_test else None}
-        if r is not None:
-            buf = io.BytesIO()
-            np.save(buf, r.anomaly_map)
-            atomic_write_bytes(out_dir / f"{name}_map.npy", buf.getvalue())
-            save_png(out_dir / f"{name}_map.png", heatmap(r.anomaly_map, 0.0, vmax))
-            save_png(out_dir / f"{name}_strip.png", result_strip(batch[k].numpy() / 255.0, r.reconstruction, r.anomaly_map, vmax))
-            row.update(score=r.score, epochs=r.epochs, stop_reason=r.stop_reason, cached=r.cached,
-                       feature_distance_before=r.feature_distance_before, feature_distance_after=r.feature_distance_after)
-        rows.append(row)
-
-    ok = np.array([results[k] is not None for k in range(n_test)], dtype=bool)
-    test_maps, test_scores = maps[:n_test][ok], np.array([r.score for r in results[:n_test] if r is not None])
-    d_before = np.array([r.feature_distance_before for r in results[:n_test] if r is not None])
-    labels = sel.labels[ok]
-    known = sel.has_mask[ok]
-    masks = sel.masks.numpy()[ok]
-    has_px = bool(known.any() and np.any(masks[known]))
-    reasons: dict[str, int] = {}
-    for r in done:
-        reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
-    mem = ano.memory_per_image(int(batch.shape[-1]))
-    result: dict[str, Any] = {
-        "fnet_run": run.id, "data": fc.data, "category": fc.category, "size": fc.size,
-        "beta": cfg.beta, "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.lr, "early_stop": cfg.early_stop,
-        "guard": cfg.guard, "precision": ano.precision, "device": str(dev), "warm_start": warm_start, "warm_start_run": warm_dir,
-        "unet": asdict(ano.unet_cfg),
-        "n_images": len(batch), "n_done": len(done), "n_cached": n_cached, "n_test_images": int(ok.sum()),
-        "n_defective": int(labels.sum()) if len(labels) else 0,
-        "seconds": seconds, "seconds_per_image": seconds / max(1, len(done) - n_cached),  # images computed (cache hits excluded)
-        "memory_per_image_mb": mem["bytes_per_image"] / 2**20, "memory_method": "estimate: 16 B/param (param, grad, Adam m, v) + autograd-saved activations of G and F for one image + image buffers",
-        "stop_reasons": reasons,
-        "mean_epochs": float(np.mean([r.epochs for r in done])) if done else None,
-        "pixel_auroc": metrics.pixel_auroc(test_maps[known], masks[known]) if has_px else None,
-        "aupro": metrics.aupro(test_maps[known], masks[known]) if has_px else None,
-        "image_auroc": metrics.image_auroc(test_scores, labels) if len(labels) else None,
-        "image_auroc_fnet": metrics.image_auroc(d_before, labels) if len(labels) else None,
-        "heatmap_vmax": vmax, "out": str(out_dir), "images": rows,
-    }
-    if compare is not None:
-        other = load_run(compare, dev)
-        csel = load_samples(list(sel.samples), other.config.size, other.config.channels)
-        scored = score_split(other.detector(), csel, device=dev)
-        ck = csel.has_mask
-        cm = csel.masks.numpy()
-        c_px = bool(ck.any() and np.any(cm[ck]))
-        result.update(
-            compare_run=other.id, compare_model=other.config.model, compare_size=other.config.size,
-            pixel_auroc_compare=metrics.pixel_auroc(scored.maps[ck], cm[ck]) if c_px else None,
-            aupro_compare=metrics.aupro(scored.maps[ck], cm[ck]) if c_px else None,
-            image_auroc_compare=metrics.image_auroc(scored.scores, csel.labels) if len(csel) else None,
-        )
-    atomic_write_json(out_dir / "anounet.json", result)
-    return result

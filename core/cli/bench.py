@@ -27,14 +27,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import metrics
+from core.config import (
+    AnoUnetConfig,
+    FNetConfig,
+    ProjectionConfig,
+    TrainConfig,
+    VAEConfig,
+)
 from core.data.builtin import open_dataset
 from core.data.index import Sample
 from core.data.loading import clear_cache, detect_channels, load_split
-from core.evaluate import score_split
-from core.models import build_model
-from core.scoring import ReconstructionDetector
-from core.train import TrainConfig, _split_train_val, fit
+from core.detectors.anounet import AnoUnet
+from core.detectors.fnet_distance import load_fnet
+from core.detectors.maps import gaussian_blur
+from core.detectors.projection import run_projection
+from core.detectors.reconstruction import ReconstructionDetector
+from core.device import autocast, resolve_precision
+from core.errors import ConfigError
+from core.evaluation import metrics
+from core.evaluation.anounet import _stratified
+from core.evaluation.curves import (
+    Costs,
+    build_curves,
+    closest_to_threshold,
+    expected_cost_per_1000,
+    false_negatives,
+    false_positives,
+    iso_cost_line,
+    operating_point,
+)
+from core.evaluation.pixel import build_pixel_curves, pixel_metrics
+from core.evaluation.scored import score_split
+from core.models import ConvVAE, build_model
+from core.models.fnet import FNet
+from core.models.unet import UNet
+from core.runs import load_run
+from core.training.common import split_train_val
+from core.training.loop import fit
 
 
 class _ReferenceDataset(torch.utils.data.Dataset):
@@ -88,7 +117,7 @@ def bench_train(data: str, category: str | None, size: int, epochs: int, batch_s
     channels = detect_channels(index)
     cfg = TrainConfig(data=data, category=index.category, size=size, epochs=epochs, batch_size=batch_size,
                       channels=channels, patience=10**6, device="cpu")
-    tr_idx, _ = _split_train_val(len(index.split("train")), cfg.val_fraction, cfg.seed)
+    tr_idx, _ = split_train_val(len(index.split("train")), cfg.val_fraction, cfg.seed)
     train_samples = [index.split("train")[i] for i in tr_idx]
     n = len(train_samples)
 
@@ -128,7 +157,6 @@ def bench_train(data: str, category: str | None, size: int, epochs: int, batch_s
         test = load_split(index, "test", size, channels)
         ref_model, _ = _reference_train(cfg, train_samples, channels, quality_epochs)
         with tempfile.TemporaryDirectory() as tmp:
-            from core.runs import load_run
 
             run_dir = fit(TrainConfig(**{**cfg.__dict__, "epochs": quality_epochs}), Path(tmp) / "run")
             ours_model = load_run(run_dir).model
@@ -149,7 +177,7 @@ def run(what: str, **kwargs: Any) -> dict[str, Any]:
                              kwargs.get("k") or 8, kwargs.get("fnet"))
     if what == "threshold":
         return bench_threshold()
-    raise ValueError(f"unknown benchmark {what!r}")
+    raise ConfigError(f"unknown benchmark {what!r}")
 
 
 
@@ -170,15 +198,13 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
     gives the cost per image and step at batch 1, 4, 16 and 64 (the asymptote). The VAE is the default
     architecture at ``size`` (weights untrained: timing does not depend on them).
     """
-    from core.models import ConvVAE, VAEConfig
-    from core.projection import ProjectionConfig, run_projection
 
     index = open_dataset(data, category)
     channels = detect_channels(index)
     test = load_split(index, "test", size, channels)
     x = test.float_images()[:batch_size]
     if len(x) < batch_size:
-        raise ValueError(f"the test split has only {len(x)} images; need {batch_size}")
+        raise ConfigError(f"the test split has only {len(x)} images; need {batch_size}")
     torch.manual_seed(0)
     model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).eval()
     cfg = ProjectionConfig(steps=steps)
@@ -211,7 +237,6 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
         per_image_step[b] = 1000.0 * min(timed(xb, c) for _ in range(2)) / (b * (c.steps + 1))
 
     # One training step on the same batch, as core.train does it (channels_last, the same precision).
-    from core.device import autocast, resolve_precision
 
     train_model = ConvVAE(VAEConfig(in_channels=channels, size=size, z_dim=128)).train().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(train_model.parameters(), lr=1e-3)
@@ -257,8 +282,6 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
 
 def _anounet_setup(data: str, category: str | None, size: int, k: int, fnet_run: str | None, device: str = "cpu"):
     """The f-Net (a run's, or an untrained default one), the data spec, its index, size, channels and ``k`` test images (uint8)."""
-    from core.anounet import _stratified
-    from core.fnet import FNet, FNetConfig, load_fnet
 
     if fnet_run:
         run = load_fnet(fnet_run, device)
@@ -275,7 +298,7 @@ def _anounet_setup(data: str, category: str | None, size: int, k: int, fnet_run:
     test = load_split(index, "test", size, channels)
     pick = _stratified([s.defect for s in test.samples], k)
     if len(pick) < k:
-        raise ValueError(f"the test split has only {len(pick)} images; need {k}")
+        raise ConfigError(f"the test split has only {len(pick)} images; need {k}")
     return fnet, data, index, size, channels, test.images[pick]
 
 
@@ -306,7 +329,6 @@ def _memory_child(spec: str) -> None:
     import gc
     import json
 
-    from core.anounet import AnoUnet, AnoUnetConfig
 
     a = json.loads(spec)
     fnet, _, _, _, _, images = _anounet_setup(a["data"], a["category"], a["size"], a["k"], a["fnet"])
@@ -330,7 +352,7 @@ def _measure_rss(data: str, category: str | None, size: int, k: int, fnet_run: s
     spec = json.dumps({"data": data, "category": category, "size": size, "k": k, "fnet": fnet_run, "epochs": epochs})
     root = Path(__file__).resolve().parents[1]
     try:
-        r = subprocess.run([sys.executable, "-c", f"import core.bench as b; b._memory_child({spec!r})"], cwd=root,
+        r = subprocess.run([sys.executable, "-c", f"import core.cli.bench as b; b._memory_child({spec!r})"], cwd=root,
                            capture_output=True, text=True, timeout=900)
         out = json.loads(r.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
@@ -363,8 +385,6 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
     peak counter is reset after loading, ``/proc/self/clear_refs``; None where that is not possible);
     ``rss_marginal_per_image_mb`` = (growth(K) - growth(1)) / (K - 1) removes the one-time costs.
     """
-    from core.anounet import AnoUnet, AnoUnetConfig
-    from core.models.unet import UNet
 
     fnet, data, index, size, channels, images = _anounet_setup(data, category, size, k, fnet_run)
     cfg = AnoUnetConfig(epochs=epochs, batch=k, early_stop=False, guard=False, precision="fp32")
@@ -447,7 +467,6 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
 
 def gaussian_blur_map(x: torch.Tensor, y: torch.Tensor, sigma: float) -> np.ndarray:
     """The Ano-Unet map of one image ``[1, C, H, W]``: smoothed channel-mean |x - G(x)|."""
-    from core.scoring import gaussian_blur
 
     return gaussian_blur((x - y).abs().mean(1), sigma)[0].float().numpy()
 
@@ -458,14 +477,13 @@ def bench_threshold(n: int = 10_000, changes: int = 200, n_maps: int = 100, map_
     Data (synthetic, seeded): ``n`` image scores (10 % defective, shifted by 1.5 sd) and ``n_maps``
     anomaly maps of ``map_size`` px with a square defect mask on half of them (float16, as cached).
     Per change, both sides produce what the page shows: confusion / rates / cost per 1,000
-    (``operating_point`` vs. :func:`core.metrics.confusion_at`), the full false-positive and
+    (``operating_point`` vs. :func:`core.evaluation.metrics.confusion_at`), the full false-positive and
     false-negative lists in display order, the 12 images closest to the threshold, the iso-cost line
     and pixel precision / recall / F1 / IoU at a pixel threshold (histograms vs. comparing every
     pixel). Both see the same ``changes`` random image and pixel thresholds; the image-level outputs
     are checked to be identical and the largest pixel F1 difference is reported (0: float16 maps are
     histogrammed over their distinct values, so pixel counts are exact).
     """
-    from core import explorer as ex
 
     rng = np.random.default_rng(seed)
     n_pos = n // 10
@@ -480,16 +498,16 @@ def bench_threshold(n: int = 10_000, changes: int = 200, n_maps: int = 100, map_
     maps[masks] += np.abs(rng.normal(0.25, 0.15, int(masks.sum()))).astype(np.float32)
     maps = maps.astype(np.float16)
     maps32 = maps.astype(np.float32)  # the reference keeps float32 maps (no conversion inside the timing)
-    costs = ex.Costs(cost_fp=1.0, cost_fn=20.0, cost_review=0.2)
+    costs = Costs(cost_fp=1.0, cost_fn=20.0, cost_review=0.2)
 
     t0 = time.perf_counter()
-    curves = ex.build_curves(scores, labels)
+    curves = build_curves(scores, labels)
     t_curves = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pc = ex.build_pixel_curves(maps, masks)
+    pc = build_pixel_curves(maps, masks)
     t_pixel = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ex.build_pixel_curves(maps, masks, pro=False)
+    build_pixel_curves(maps, masks, pro=False)
     t_pixel_hist = time.perf_counter() - t0
     assert pc is not None
 
@@ -498,17 +516,17 @@ def bench_threshold(n: int = 10_000, changes: int = 200, n_maps: int = 100, map_
     pixel_thresholds = rng.uniform(float(maps32.min()), float(maps32.max()), changes).astype(np.float32)
 
     def ours(t: float, pt: float) -> tuple:
-        op = ex.operating_point(curves, t, costs)
-        fp = ex.false_positives(curves, t)
-        fn = ex.false_negatives(curves, t)
-        near = ex.closest_to_threshold(curves, t, 12)
-        line = ex.iso_cost_line(curves, costs, t)
-        px = ex.pixel_metrics(pc, pt)
+        op = operating_point(curves, t, costs)
+        fp = false_positives(curves, t)
+        fn = false_negatives(curves, t)
+        near = closest_to_threshold(curves, t, 12)
+        line = iso_cost_line(curves, costs, t)
+        px = pixel_metrics(pc, pt)
         return op, fp, fn, near, line, px
 
     def reference(t: float, pt: float) -> tuple:
         conf = metrics.confusion_at(scores, labels, t)
-        op = {**conf.as_dict(), "cost_per_1000": ex.expected_cost_per_1000(conf.tp, conf.fp, conf.fn, conf.n, costs)}
+        op = {**conf.as_dict(), "cost_per_1000": expected_cost_per_1000(conf.tp, conf.fp, conf.fn, conf.n, costs)}
         flagged = scores >= t
         fp = np.flatnonzero(flagged & (labels == 0))
         fp = fp[np.lexsort((fp, -scores[fp]))]

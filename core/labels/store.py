@@ -17,8 +17,7 @@ with exponential backoff, so several processes and browser sessions can write at
 losing a label. A process killed in the middle of a write loses at most the transaction it was in;
 committed labels and the file's integrity survive (SQLite's journal guarantee).
 
-Labels extend and override the dataset's ground truth through :func:`effective_labels`.
-"""
+Labels extend and override the dataset's ground truth through :func:`effective_labels`."""
 
 from __future__ import annotations
 
@@ -29,13 +28,10 @@ import getpass
 import hashlib
 import io
 import json
-import os
 import random
 import re
-import shutil
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,33 +40,79 @@ from typing import Any
 
 import numpy as np
 
-from core.data.index import UNLABELED_NAMES, DatasetError, DatasetIndex, Sample, index_path, is_mvtec_category, mvtec_categories
-from core.images import ImageError, encode_png, read_image, read_mask
+from core.data import synthetic
+from core.data.builtin import (
+    DIGITS_VERSION,
+    builtin_category,
+    builtin_name,
+    is_builtin,
+    open_dataset,
+)
+from core.data.images import ImageError, encode_png, read_image
+from core.data.index import (
+    UNLABELED_NAMES,
+    DatasetError,
+    DatasetIndex,
+    index_path,
+    is_mvtec_category,
+    mvtec_categories,
+)
+from core.errors import AnomalyLabError
 from core.workspace import atomic_write_text, workspace_dir
 
 DB_FILE = "labels.sqlite"
+
+
 SCHEMA_VERSION = 1
+
+
 LABELS = ("good", "defective", "unsure")
+
+
 DEFAULT_DEFECT = "defective"
+
+
 """Defect folder of the MVTec export for images labeled defective without a defect type."""
+
+
 UNLABELED_FOLDERS = UNLABELED_NAMES  # plain-folder sub-folders of images without a label (core.data.index)
+
+
 """Plain-folder sub-folders whose images have no dataset label (``effective_labels`` gives them -1)."""
+
+
 REQUIRED_COLUMNS = ("dataset", "path", "label")
+
+
 EXPORT_COLUMNS = ("dataset", "path", "label", "defect_type", "note", "author", "time", "content_hash", "mask_png_base64")
+
+
 LABEL_SOURCES = ("dataset", "mine", "merged")
+
+
 BUSY_TIMEOUT_S = 5.0
+
+
 """SQLite's own wait for a lock, per attempt."""
+
+
 LOCK_DEADLINE_S = 60.0
+
+
 """Total time a write keeps retrying ``database is locked`` before giving up."""
+
+
 _MAX_DEFECT_LEN = 100
+
+
 _BUILTIN_KEY = re.compile(r"^builtin:(?P<name>[A-Za-z0-9_]+)/(?P<category>[^/@]+)(?:@seed(?P<seed>\d+))?$")
 
 
-class LabelError(ValueError):
+class LabelError(AnomalyLabError):
     """A label, defect type, mask or path that cannot be stored, with the reason."""
 
 
-class LabelStoreError(ValueError):
+class LabelStoreError(AnomalyLabError):
     """The label database cannot be used (not a database, a newer schema, locked for too long)."""
 
 
@@ -93,9 +135,6 @@ class _Keep:
 KEEP: Any = _Keep()
 
 
-# ----------------------------------------------------------------------------------------------- keys
-
-
 def dataset_key(data: str, category: str | None = None, *, seed: int = 0) -> str:
     """The identifier of a dataset category in the label store.
 
@@ -108,7 +147,6 @@ def dataset_key(data: str, category: str | None = None, *, seed: int = 0) -> str
     Raises:
         DatasetError: an unknown built-in name or category.
     """
-    from core.data.builtin import builtin_category, builtin_name, is_builtin
 
     data = str(data)
     if is_builtin(data):
@@ -146,7 +184,6 @@ def open_dataset_key(key: str) -> DatasetIndex:
     Raises:
         DatasetError: when it cannot be opened.
     """
-    from core.data.builtin import is_builtin, open_dataset
 
     spec, category, seed = parse_dataset_key(key)
     if is_builtin(spec):
@@ -165,7 +202,6 @@ def canonical_key(key: str) -> str:
     Raises:
         DatasetError: a malformed or unknown built-in key.
     """
-    from core.data.builtin import is_builtin
 
     key = str(key).strip()
     if is_builtin(key):
@@ -180,8 +216,6 @@ def canonical_key(key: str) -> str:
 
 def index_key(index: DatasetIndex) -> str:
     """The dataset key of an index (built-in caches are recognised by their workspace folder)."""
-    from core.data import synthetic
-    from core.data.builtin import DIGITS_VERSION
 
     root = Path(index.root).resolve()
     cache = (workspace_dir() / "cache").resolve()
@@ -215,9 +249,6 @@ def default_author() -> str:
         return getpass.getuser()
     except Exception:  # no login name (containers): getpass raises OSError/KeyError
         return "unknown"
-
-
-# ------------------------------------------------------------------------------------------ values
 
 
 def normalize_path(path: str) -> str:
@@ -322,9 +353,6 @@ def _check_hash(value: str) -> str:
     return v
 
 
-# ------------------------------------------------------------------------------------------ records
-
-
 @dataclass(frozen=True)
 class LabelRecord:
     """The stored label of one image."""
@@ -386,6 +414,8 @@ class ImportResult:
 
 
 _STATE_COLS = ("label", "defect_type", "mask", "note", "author", "time", "content_hash")
+
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS labels (
     dataset TEXT NOT NULL,
@@ -431,9 +461,6 @@ def _values(rec: LabelRecord | None) -> tuple:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
-
-
-# ------------------------------------------------------------------------------------------- store
 
 
 class LabelStore:
@@ -958,291 +985,3 @@ def read_label_file(path: Path | str) -> list[dict[str, Any]]:
         return [dict(r) for r in reader]
     except csv.Error as exc:
         raise LabelImportError(f"{path.name}: not a readable CSV ({exc})") from None
-
-
-# ------------------------------------------------------------------------------ labels vs. dataset
-
-
-@dataclass
-class EffectiveLabels:
-    """Per-sample labels of one split after combining the dataset's ground truth and the label store."""
-
-    source: str  # "dataset", "mine" or "merged"
-    samples: list[Sample]
-    relpaths: list[str]
-    labels: np.ndarray  # int64: 1 defective, 0 good, -1 unknown (no label, unsure, unlabeled folder)
-    defects: list[str | None]  # "good", the defect type ("defective" when none was given), None when unknown
-    sources: list[str | None]  # where each label came from: "dataset", "mine" or None (unknown)
-    dataset_labels: np.ndarray  # the dataset's own labels (-1 for images in an unlabeled folder)
-    mine: list[LabelRecord | None]  # the store's record per sample (None when unlabeled)
-    disagreements: int  # samples where the dataset and my label (good/defective) differ
-    n_orphaned: int = 0  # stored labels of this dataset whose path is not in the index (any split)
-    n_stale: int = 0  # with check_hash: labels ignored because the file changed since labeling
-
-    @property
-    def known(self) -> np.ndarray:
-        """bool per sample: the label is 0 or 1."""
-        return self.labels >= 0
-
-    @property
-    def n_mine(self) -> int:
-        """Samples with a label in the store (unsure included)."""
-        return sum(r is not None for r in self.mine)
-
-    def disagreement_paths(self) -> list[str]:
-        """Relative paths of the samples counted in ``disagreements``."""
-        return [p for p, d, m in zip(self.relpaths, self.dataset_labels, self.mine)
-                if d >= 0 and m is not None and m.label != "unsure" and int(m.label == "defective") != d]
-
-    def painted_mask(self, i: int) -> bytes | None:
-        """My painted mask of sample ``i`` (PNG), or None."""
-        rec = self.mine[i]
-        return rec.mask if rec is not None and rec.label == "defective" else None
-
-
-def dataset_label(sample: Sample) -> int:
-    """The dataset's label of a sample: 0 good, 1 defective, -1 for an image in an unlabeled folder."""
-    if sample.defect.lower() in UNLABELED_FOLDERS:
-        return -1
-    return sample.label
-
-
-def effective_labels(index: DatasetIndex, split: str | None = "test", source: str = "merged",
-                     store: LabelStore | None = None, *, dataset: str | None = None, check_hash: bool = False,
-                     with_masks: bool = True) -> EffectiveLabels:
-    """Labels of a split's samples (``split=None``: every sample) from the chosen source.
-
-    - ``dataset``: the dataset's own labels (folder names); images of a plain folder's ``unlabeled/``
-      (or ``unknown/``, ``unsorted/``) sub-folder are unknown (-1).
-    - ``mine``: the label store only; unknown where there is no label or it is ``unsure``.
-    - ``merged``: mine where I labeled the image (``unsure`` makes it unknown), else the dataset's.
-
-    A defective label of mine without a defect type takes the dataset's defect type when the dataset
-    also says defective, else ``defective``. ``disagreements`` counts the images where the dataset's
-    label and my good/defective label differ, whatever ``source`` is.
-
-    Args:
-        dataset: the store's dataset key; default :func:`index_key` of ``index``.
-        check_hash: ignore (and count as ``n_stale``) labels whose stored content hash no longer
-            matches the file (reads every labeled file).
-        with_masks: False leaves the painted masks out of ``mine`` (faster when only labels are needed).
-    """
-    if source not in LABEL_SOURCES:
-        raise ValueError(f"label source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
-    store = store if store is not None else LabelStore()
-    dataset = dataset or index_key(index)
-    samples = list(index.samples if split is None else index.split(split))
-    root = Path(index.root)
-    relpaths = [s.relpath(root) for s in samples]
-    stored = store.labels_for(dataset, with_masks=with_masks)
-    all_paths = {s.relpath(root) for s in index.samples}
-    n_orphaned = sum(p not in all_paths for p in stored)
-    mine: list[LabelRecord | None] = []
-    n_stale = 0
-    for s, p in zip(samples, relpaths):
-        rec = stored.get(p)
-        if rec is not None and check_hash and rec.content_hash:
-            try:
-                same = file_sha1(s.path) == rec.content_hash
-            except OSError:
-                same = False
-            if not same:
-                n_stale += 1
-                rec = None
-        mine.append(rec)
-    ds = np.array([dataset_label(s) for s in samples], dtype=np.int64)
-    labels = np.full(len(samples), -1, dtype=np.int64)
-    defects: list[str | None] = []
-    sources: list[str | None] = []
-    disagreements = 0
-    for i, (s, rec) in enumerate(zip(samples, mine)):
-        my = -1 if rec is None or rec.label == "unsure" else int(rec.label == "defective")
-        if my >= 0 and ds[i] >= 0 and my != ds[i]:
-            disagreements += 1
-        use_mine = source == "mine" or (source == "merged" and rec is not None)
-        if use_mine:
-            value = my
-            src = "mine" if my >= 0 else None
-        else:
-            value = int(ds[i])
-            src = "dataset" if value >= 0 else None
-        labels[i] = value
-        sources.append(src)
-        if value < 0:
-            defects.append(None)
-        elif value == 0:
-            defects.append("good")
-        elif src == "mine":
-            defects.append(rec.defect_type or (s.defect if ds[i] == 1 else DEFAULT_DEFECT))
-        else:
-            defects.append(s.defect)
-    return EffectiveLabels(source, samples, relpaths, labels, defects, sources, ds, mine, disagreements, n_orphaned, n_stale)
-
-
-# --------------------------------------------------------------------------------- MVTec export
-
-
-def _flat_name(relpath: str, used: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(relpath).with_suffix("")).replace("\\", "/").replace("/", "_")).strip("._") or "image"
-    name, k = stem, 2
-    while name in used:
-        name, k = f"{stem}-{k}", k + 1
-    used.add(name)
-    return name
-
-
-def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore | None = None, dataset: str | None = None,
-                 source: str = "merged", overwrite: bool = False) -> dict[str, Any]:
-    """Write the dataset with the effective labels (see :func:`effective_labels`) as one MVTec AD category.
-
-    Layout (``out_dir`` is the category folder, so ``python -m core train --data OUT`` trains on it)::
-
-        OUT/train/good/*.png                      the dataset's train split, minus images I labeled
-                                                  defective (they go to test/<defect>) or unsure
-        OUT/test/good/*.png                       test images whose effective label is good
-        OUT/test/<defect>/*.png                   effective label defective; the defect type is mine,
-                                                  else the dataset's, else "defective"
-        OUT/ground_truth/<defect>/<name>_mask.png my painted mask (resized nearest-neighbour to the
-                                                  image), else the dataset's mask when the dataset
-                                                  also says defective; none otherwise
-        OUT/labels_manifest.csv                   output file -> source path, label, where it came from
-
-    Choices: images labeled ``unsure`` and test images with no known label are left out; every image
-    is re-encoded as PNG (same pixels, gray stays gray) and named after its source path
-    (``test/broken/003.png`` -> ``test_broken_003.png``) so relabeled images never collide; unreadable
-    files are skipped and listed. The folder is built next to ``out_dir`` and renamed into place.
-
-    Raises:
-        ValueError: ``out_dir`` exists and is not empty (without ``overwrite``), or no training image is left.
-    """
-    out_dir = Path(out_dir).expanduser().resolve()
-    src = Path(index.root).resolve()
-    if out_dir == src or src in out_dir.parents or out_dir in src.parents:
-        raise ValueError(f"{out_dir} overlaps the dataset folder {src}; export to another folder")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ValueError(f"{out_dir} already exists and is not empty (choose another folder or overwrite)")
-    eff = effective_labels(index, None, source, store, dataset=dataset)
-    tmp = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    used: set[str] = set()
-    counts: Counter[str] = Counter()
-    summary: dict[str, Any] = {"out": str(out_dir), "train_good": 0, "test": {}, "masks": 0, "excluded_unsure": 0,
-                               "excluded_unknown": 0, "skipped": []}
-    manifest = io.StringIO()
-    mw = csv.writer(manifest, lineterminator="\n")
-    mw.writerow(["file", "source_path", "label", "defect", "from", "mask"])
-    try:
-        for i, s in enumerate(eff.samples):
-            rec = eff.mine[i]
-            value = int(eff.labels[i])
-            if rec is not None and rec.label == "unsure" and source != "dataset":
-                summary["excluded_unsure"] += 1
-                continue
-            if s.split == "train" and value != 1:
-                # The train split stays training data unless I labeled it defective; unknown = the dataset's good.
-                folder, defect = Path("train") / "good", "good"
-            elif value < 0:
-                summary["excluded_unknown"] += 1
-                continue
-            else:
-                defect = eff.defects[i] or DEFAULT_DEFECT
-                folder = Path("test") / defect
-            try:
-                img = read_image(s.path)
-            except ImageError as exc:
-                summary["skipped"].append((str(s.path), str(exc)))
-                continue
-            name = _flat_name(eff.relpaths[i], used)
-            (tmp / folder).mkdir(parents=True, exist_ok=True)
-            (tmp / folder / f"{name}.png").write_bytes(encode_png(img))
-            mask_note = ""
-            if defect != "good":
-                mask = None
-                if rec is not None and rec.mask is not None and eff.sources[i] == "mine":
-                    mask, mask_note = decode_mask(rec.mask, img.shape[:2]), "painted"
-                elif s.label == 1 and s.mask_path is not None and eff.dataset_labels[i] == 1:
-                    try:
-                        mask, mask_note = read_mask(s.mask_path, img.shape[:2]), "dataset"
-                    except ImageError as exc:
-                        summary["skipped"].append((str(s.mask_path), f"mask ignored: {exc}"))
-                if mask is not None:
-                    (tmp / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-                    (tmp / "ground_truth" / defect / f"{name}_mask.png").write_bytes(encode_png(mask.astype(np.uint8) * 255))
-                    summary["masks"] += 1
-            if folder.parts[0] == "train":
-                summary["train_good"] += 1
-            else:
-                counts[defect] += 1
-            mw.writerow([f"{folder.as_posix()}/{name}.png", eff.relpaths[i], "good" if defect == "good" else "defective",
-                         defect, eff.sources[i] or "dataset", mask_note])
-        if summary["train_good"] == 0:
-            raise ValueError(f"nothing to train on: no image of {index.root} is left in train/good")
-        (tmp / "labels_manifest.csv").write_text(manifest.getvalue(), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary["test"] = dict(sorted(counts.items()))
-    return summary
-
-
-# ------------------------------------------------------------------------------------------ metrics
-def relabel_scored(ss: Any, source: str = "merged", store: LabelStore | None = None,
-                   index: DatasetIndex | None = None) -> tuple[Any, EffectiveLabels]:
-    """A :class:`core.explorer.ScoredSet` with its labels taken from ``source`` (dataset / mine / merged).
-
-    Labels, defect types and painted masks (resized nearest-neighbour to the maps' size) of the label
-    store override the dataset's ground truth for ``mine`` and ``merged``; images without a known label
-    get -1 and drop out of every metric. Returns the relabeled set and the :class:`EffectiveLabels`
-    (for counts such as ``disagreements``).
-    """
-    from core.data.builtin import open_dataset
-
-    seed = int((ss.meta or {}).get("data_seed") or 0)
-    index = index if index is not None else open_dataset(ss.data, ss.category or None, seed=seed)
-    eff = effective_labels(index, "test", source, store, dataset=dataset_key(ss.data, ss.category or None, seed=seed))
-    known = set(ss.paths)
-    labels = {p: int(v) for p, v in zip(eff.relpaths, eff.labels) if p in known}
-    defects = {p: (d if d is not None else "unknown") for p, d in zip(eff.relpaths, eff.defects) if p in known}
-    masks: dict[str, np.ndarray | None] = {}
-    if source != "dataset" and ss.maps is not None:
-        size = tuple(ss.maps.shape[1:])
-        for i, p in enumerate(eff.relpaths):
-            png = eff.painted_mask(i)
-            if png is not None and p in known:
-                masks[p] = decode_mask(png, size)
-    return ss.with_labels(labels, defects=defects, masks=masks or None), eff
-
-
-# ------------------------------------------------------------------------------------------ review
-def review_order(kind: str, labels_mine: list[Any], dataset_labels: np.ndarray, scores: np.ndarray | None,
-                 threshold: float | None, seed: int = 0) -> list[int]:
-    """Sample indices in review order for queue ``kind``.
-
-    * ``unlabeled``: images without a label of mine first (highest model score first when scored), then
-      the labeled ones;
-    * ``disagree``: images whose label (mine, else the dataset's) disagrees with the model's verdict at
-      ``threshold``, farthest from the threshold first, then the rest;
-    * ``closest``: nearest to ``threshold`` first;
-    * ``random``: a fixed shuffle (``seed``).
-    """
-    n = len(labels_mine)
-    idx = np.arange(n)
-    if kind == "random":
-        return [int(i) for i in np.random.default_rng(seed).permutation(n)]
-    if scores is None or threshold is None:
-        if kind == "unlabeled":
-            return [int(i) for i in sorted(idx, key=lambda i: labels_mine[i] is not None)]
-        return [int(i) for i in idx]
-    if kind == "unlabeled":
-        return [int(i) for i in sorted(idx, key=lambda i: (labels_mine[i] is not None, -scores[i]))]
-    if kind == "closest":
-        return [int(i) for i in np.argsort(np.abs(scores - threshold), kind="stable")]
-    verdict = scores >= threshold
-    truth = np.array([(r.label == "defective") if r is not None and r.label != "unsure" else (d == 1 if d >= 0 else None)
-                      for r, d in zip(labels_mine, dataset_labels)], dtype=object)
-    wrong = np.array([t is not None and bool(t) != bool(v) for t, v in zip(truth, verdict)])
-    dist = np.abs(scores - threshold)
-    return [int(i) for i in sorted(idx, key=lambda i: (not wrong[i], -dist[i] if wrong[i] else dist[i]))]

@@ -1,0 +1,204 @@
+"""The commands of ``python -m core`` that need torch: datasets, train, detectors, evaluate, project, anounet, bench.
+
+Each ``cmd_*`` takes the parsed arguments (:func:`core.cli.main.build_parser`) and returns the exit code;
+:func:`core.cli.main.main` imports this module only when one of these commands runs, so that
+``python -m core labels ...`` starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from dataclasses import fields
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.cli import bench
+from core.config import AnoUnetConfig, ProjectionConfig, TrainConfig
+from core.data.builtin import all_datasets
+from core.detectors import registry as detectors
+from core.evaluation.anounet import evaluate_anounet
+from core.evaluation.curves import check_rule_options
+from core.evaluation.evaluate import evaluate_any, evaluate_with_rule
+from core.evaluation.projection import evaluate_projection
+from core.runs import read_history, run_model
+from core.training.loop import fit
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+
+    rows = all_datasets()
+    if args.json:
+        print(json.dumps([{"data": spec, "categories": cats} for spec, cats in rows]))
+        return 0
+    for spec, cats in rows:
+        print(f"{spec}\n    categories: {', '.join(cats)}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return TrainConfig(**given)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    cfg.validate()
+    stop = threading.Event()
+    bar = None  # created once the data is loaded, so an error message is not mixed with a bar
+
+    def on_progress(p) -> None:
+        nonlocal bar
+        if p.phase == "start":
+            bar = tqdm(total=cfg.epochs, initial=p.epoch, unit="epoch", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+        elif p.phase == "epoch" and bar is not None:
+            bar.update(p.epoch - bar.n)
+            bar.set_postfix(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+
+    try:
+        run_dir = fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop, resume=args.resume)
+    except KeyboardInterrupt:
+        stop.set()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+
+    hist = read_history(run_dir)
+    print(f"run: {run_dir}")
+    print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
+    if not args.no_eval:
+
+        m = evaluate_any(run_dir, device=cfg.device)
+        print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+
+    rule = {k: getattr(args, k, None) for k in ("rule", "target_fpr", "target_tpr", "cost_fp", "cost_fn", "cost_review")}
+    settings = detectors.parse_assignments(args.settings)
+    extended = (any(v is not None for v in rule.values()) or args.detector != "auto" or args.labels != "dataset"
+                or bool(settings))
+    if extended:  # fail fast, before scoring
+        check_rule_options(**rule)
+        spec = detectors.resolve(run_model(args.run_dir), args.detector)
+        detectors.parse_settings(spec, settings)
+    m = evaluate_any(args.run_dir, device=args.device, strips=not args.no_strips)
+    if extended:
+        m = evaluate_with_rule(args.run_dir, m, detector=args.detector, settings=settings, device=args.device,
+                               labels=args.labels, **rule)
+    if args.json:
+        print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
+    else:
+        extra = ("rule", "tp", "fp", "tn", "fn", "tpr", "fpr", "precision", "f1", "cost_per_1000") if m.get("rule") else ()
+        for key in ("image_auroc", "average_precision", "f1_max", "threshold", "pixel_auroc", "aupro", "n_images", "n_defective", *extra):
+            print(f"{key:>18}: {_fmt(m.get(key))}")
+        if m.get("n_skipped"):
+            print(f"skipped {m['n_skipped']} unreadable file(s):", file=sys.stderr)
+            for path, reason in m["skipped"]:
+                print(f"  {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_detectors(args: argparse.Namespace) -> int:
+    model = run_model(args.run_dir)
+    specs = detectors.supported(model)
+    if args.json:
+        print(json.dumps({"run_id": Path(args.run_dir).name, "model": model, "default": specs[0].name if specs else None,
+                          "detectors": [s.to_dict() for s in specs]}))
+        return 0
+    print(f"{Path(args.run_dir).name} ({model} run): {len(specs)} detector(s); the first is the default")
+    for s in specs:
+        print(f"\n{s.name}: {s.title}{'' if s.has_map else ' (image scores only, no map)'}\n    {s.help}")
+        for st in s.settings:
+            default = "the run's" if st.default is None else st.default
+            choices = f" [{', '.join(st.choices)}]" if st.choices else ""
+            print(f"    --set {st.name}=...  {st.kind}{choices}, default {default}: {st.help}")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+
+    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision)
+    m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
+                            batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"{m['n_images']} image(s), {cfg.steps} steps, alpha {cfg.alpha}, lambda {cfg.lam}: {m['seconds']:.1f} s"
+              + (f", {m['n_diverged']} diverged" if m["n_diverged"] else ""))
+        print(f"energy: {_fmt(m['energy'][0])} -> {_fmt(m['energy'][-1])}")
+        for key in ("pixel_auroc", "aupro", "image_auroc"):
+            print(f"{key:>12}: projection {_fmt(m[key])}   reconstruction {_fmt(m[key + '_reconstruction'])}")
+        if m.get("gif"):
+            print(f"GIF ({m['gif_frames']} frames): {m['gif']}")
+    return 0
+
+
+def cmd_anounet(args: argparse.Namespace) -> int:
+    cfg = AnoUnetConfig(beta=args.beta, epochs=args.epochs, batch=args.batch, lr=args.lr, early_stop=not args.no_early_stop,
+                        guard=not args.no_guard, min_epochs=args.min_epochs, window=args.window,
+                        base_channels=args.base_channels, levels=args.levels, residual=args.residual,
+                        precision=args.precision, seed=args.seed)
+    cfg.validate()
+    stop = threading.Event()
+    bar = None
+
+    def on_progress(p) -> None:
+        nonlocal bar
+        if p.phase == "start":
+            bar = tqdm(total=p.total, initial=p.done, unit="img", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+        elif bar is not None and p.phase == "epoch":
+            bar.update(p.done - bar.n)
+            if p.slots:
+                bar.set_postfix(epoch=max(s.epoch for s in p.slots), L_R=f"{p.slots[0].loss_r:.4g}", L_C=f"{p.slots[0].loss_c:.3g}")
+
+    def on_warm(p) -> None:
+        if p.phase == "start" and not args.quiet:
+            print(f"training the warm-start U-Net once (kept in {p.run_dir})", file=sys.stderr)
+
+    try:
+        m = evaluate_anounet(args.fnet_run, cfg, images=args.images, limit=args.limit, out=args.out, warm_start=args.warm_start,
+                             compare=args.compare, device=args.device, cache=not args.no_cache, progress=on_progress,
+                             stop=stop, warm_progress=on_warm)
+    except KeyboardInterrupt:
+        stop.set()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    print(f"{m['n_done']} image(s) ({m['n_cached']} from the cache), beta {cfg.beta}, up to {cfg.epochs} epochs, K={cfg.batch}: "
+          f"{m['seconds']:.1f} s, {m['seconds_per_image']:.2f} s per image computed, ~{m['memory_per_image_mb']:.1f} MB per image in flight")
+    print(f"stopped: {', '.join(f'{k} {v}' for k, v in sorted(m['stop_reasons'].items()))}; mean epochs {_fmt(m['mean_epochs'])}")
+    for key in ("pixel_auroc", "aupro", "image_auroc", "image_auroc_fnet"):
+        extra = f"   {m.get('compare_run')}: {_fmt(m[key + '_compare'])}" if key + "_compare" in m else ""
+        print(f"{key:>16}: {_fmt(m[key])}{extra}")
+    print(f"maps: {m['out']}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+
+    epochs = args.epochs if args.epochs is not None else (30 if args.what == "anounet" else 2)
+    result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=epochs,
+                       batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps,
+                       k=args.batch, fnet=args.fnet)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+

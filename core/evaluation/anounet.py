@@ -1,0 +1,169 @@
+"""Ano-Unet: per-image U-Net optimization against a frozen feature extractor, batched."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.config import AnoUnetConfig
+from core.data.images import read_image, resize, save_png, to_channels
+from core.data.loading import LoadedSplit, load_samples
+from core.detectors import registry as detectors
+from core.detectors.anounet import AnoUnet, ProgressFn
+from core.detectors.fnet_distance import load_fnet
+from core.device import resolve_device
+from core.errors import ConfigError
+from core.evaluation import metrics
+from core.evaluation.projection import select_images
+from core.evaluation.scored import load_test_split, score_split
+from core.runs import load_run
+from core.training.warm_start import resolve_warm_start
+from core.viz import heatmap, result_strip
+from core.workspace import atomic_write_bytes, atomic_write_json
+
+
+def _stratified(defects: list[str], limit: int) -> list[int]:
+    """At most ``limit`` positions, taken round-robin over the defect types (each in its original order)."""
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(defects):
+        groups.setdefault(d, []).append(i)
+    out: list[int] = []
+    queues = [deque(v) for _, v in sorted(groups.items())]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.popleft())
+    return sorted(out)
+
+
+def evaluate_anounet(
+    fnet_run_dir: Path | str, cfg: AnoUnetConfig, *, images: list[str] | None = None, limit: int | None = None,
+    out: Path | str | None = None, warm_start: str = "none", compare: Path | str | None = None, device: str = "auto",
+    cache: bool = True, progress: ProgressFn | None = None, stop: threading.Event | None = None,
+    warm_progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run Ano-Unet on test images of an f-Net run's dataset (or on image files), write one map per image, measure.
+
+    Args:
+        fnet_run_dir: the f-Net run (F, C, the dataset, the image size).
+        cfg: Ano-Unet settings.
+        images: test images (paths absolute or relative to the category folder, or defect types) and/or
+            other image files; default the whole test split.
+        limit: at most this many images, spread evenly over the defect types.
+        out: output folder; default ``<fnet run>/anounet/<time>``. Per image ``<defect>/<name>_map.png``
+            (heatmap, one scale for all), ``<defect>/<name>_map.npy`` (the raw map) and
+            ``<defect>/<name>_strip.png`` (input | G(x) | heatmap); ``anounet.json`` holds the summary.
+        warm_start: ``none``, ``auto`` or a unet run (see :func:`resolve_warm_start`).
+        compare: a reconstruction run (e.g. the AE) scored on the same test images.
+        cache: reuse / store results in the workspace cache.
+
+    Returns:
+        A JSON-ready dict: ``pixel_auroc`` (None without masks), ``aupro``, ``image_auroc``,
+        ``image_auroc_fnet`` (distance to C), ``seconds_per_image`` (wall time / images computed),
+        ``memory_per_image_mb``, ``stop_reasons``, ``mean_epochs``, ``*_compare`` keys with ``compare``,
+        counts, settings, ``out``, and ``images`` (one row per image).
+    """
+
+    cfg.validate()
+    dev = resolve_device(device)
+    run = load_fnet(fnet_run_dir, dev)
+    fc = run.config
+    index, split = load_test_split(run)
+    picked: list[int] = []
+    external: list[Path] = []
+    for item in images or []:
+        try:
+            picked += [i for i in select_images(index.root, split, [item]) if i not in picked]
+        except ValueError:
+            if not Path(item).is_file():
+                raise ConfigError(f"{item!r} is neither a test image of {index.root}, a defect type, nor an image file") from None
+            external.append(Path(item))
+    if not images:
+        picked = list(range(len(split)))
+    if limit is not None:
+        picked = [picked[i] for i in _stratified([split.samples[i].defect for i in picked], limit)]
+        external = external[: max(0, limit - len(picked))]
+    sel = LoadedSplit(split.images[picked], [split.samples[i] for i in picked], split.masks[picked], split.has_mask[picked])
+    ext_imgs = [to_channels(resize(to_channels(read_image(p), fc.channels), fc.size), fc.channels).transpose(2, 0, 1) for p in external]
+    batch = torch.cat([sel.images, torch.from_numpy(np.stack(ext_imgs))]) if ext_imgs else sel.images
+    if len(batch) == 0:
+        raise ConfigError("no image selected")
+
+    warm_state, warm_arch, warm_dir = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=str(dev), progress=warm_progress, stop=stop)
+    ano = AnoUnet(run.model, cfg, warm_state=warm_state, warm_arch=warm_arch, device=dev, cache=cache)
+    t0 = time.perf_counter()
+    results = ano.run(batch, progress=progress, stop=stop)
+    seconds = time.perf_counter() - t0
+    done = [r for r in results if r is not None]
+    n_cached = sum(r.cached for r in done)
+    n_test = len(sel)
+
+    names = [f"{s.defect}/{s.path.stem}" for s in sel.samples] + [f"external/{p.stem}" for p in external]
+    out_dir = Path(out) if out else Path(fnet_run_dir) / "anounet" / time.strftime("%Y%m%d-%H%M%S")
+    maps = np.stack([r.anomaly_map if r is not None else np.zeros(batch.shape[-2:], np.float32) for r in results])
+    vmax = float(np.quantile(maps, 0.999)) if maps.size else 1.0
+    rows = []
+    for k, (name, r) in enumerate(zip(names, results)):
+        row: dict[str, Any] = {"name": name, "label": int(sel.samples[k].label) if k < n_test else None}
+        if r is not None:
+            buf = io.BytesIO()
+            np.save(buf, r.anomaly_map)
+            atomic_write_bytes(out_dir / f"{name}_map.npy", buf.getvalue())
+            save_png(out_dir / f"{name}_map.png", heatmap(r.anomaly_map, 0.0, vmax))
+            save_png(out_dir / f"{name}_strip.png", result_strip(batch[k].numpy() / 255.0, r.reconstruction, r.anomaly_map, vmax))
+            row.update(score=r.score, epochs=r.epochs, stop_reason=r.stop_reason, cached=r.cached,
+                       feature_distance_before=r.feature_distance_before, feature_distance_after=r.feature_distance_after)
+        rows.append(row)
+
+    ok = np.array([results[k] is not None for k in range(n_test)], dtype=bool)
+    test_maps, test_scores = maps[:n_test][ok], np.array([r.score for r in results[:n_test] if r is not None])
+    d_before = np.array([r.feature_distance_before for r in results[:n_test] if r is not None])
+    labels = sel.labels[ok]
+    known = sel.has_mask[ok]
+    masks = sel.masks.numpy()[ok]
+    has_px = bool(known.any() and np.any(masks[known]))
+    reasons: dict[str, int] = {}
+    for r in done:
+        reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
+    mem = ano.memory_per_image(int(batch.shape[-1]))
+    result: dict[str, Any] = {
+        "fnet_run": run.id, "data": fc.data, "category": fc.category, "size": fc.size,
+        "beta": cfg.beta, "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.lr, "early_stop": cfg.early_stop,
+        "guard": cfg.guard, "precision": ano.precision, "device": str(dev), "warm_start": warm_start, "warm_start_run": warm_dir,
+        "unet": asdict(ano.unet_cfg),
+        "n_images": len(batch), "n_done": len(done), "n_cached": n_cached, "n_test_images": int(ok.sum()),
+        "n_defective": int(labels.sum()) if len(labels) else 0,
+        "seconds": seconds, "seconds_per_image": seconds / max(1, len(done) - n_cached),  # images computed (cache hits excluded)
+        "memory_per_image_mb": mem["bytes_per_image"] / 2**20, "memory_method": "estimate: 16 B/param (param, grad, Adam m, v) + autograd-saved activations of G and F for one image + image buffers",
+        "stop_reasons": reasons,
+        "mean_epochs": float(np.mean([r.epochs for r in done])) if done else None,
+        "pixel_auroc": metrics.pixel_auroc(test_maps[known], masks[known]) if has_px else None,
+        "aupro": metrics.aupro(test_maps[known], masks[known]) if has_px else None,
+        "image_auroc": metrics.image_auroc(test_scores, labels) if len(labels) else None,
+        "image_auroc_fnet": metrics.image_auroc(d_before, labels) if len(labels) else None,
+        "heatmap_vmax": vmax, "out": str(out_dir), "images": rows,
+    }
+    if compare is not None:
+        other = load_run(compare, dev)
+        csel = load_samples(list(sel.samples), other.config.size, other.config.channels)
+        scored = score_split(detectors.build(other), csel, device=dev)
+        ck = csel.has_mask
+        cm = csel.masks.numpy()
+        c_px = bool(ck.any() and np.any(cm[ck]))
+        result.update(
+            compare_run=other.id, compare_model=other.config.model, compare_size=other.config.size,
+            pixel_auroc_compare=metrics.pixel_auroc(scored.maps[ck], cm[ck]) if c_px else None,
+            aupro_compare=metrics.aupro(scored.maps[ck], cm[ck]) if c_px else None,
+            image_auroc_compare=metrics.image_auroc(scored.scores, csel.labels) if len(csel) else None,
+        )
+    atomic_write_json(out_dir / "anounet.json", result)
+    return result

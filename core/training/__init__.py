@@ -1,0 +1,1 @@
+"""Training: ``fit(cfg)`` trains any model of :data:`core.config.TRAINABLE_MODELS` into a run folder."""

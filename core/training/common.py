@@ -1,0 +1,52 @@
+"""What every training loop shares: the progress record, the train/validation split and the stop rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.config import TrainConfig
+
+
+@dataclass
+class Progress:
+    """What the progress callback receives. ``preview`` is set at epoch ends only."""
+
+    phase: str  # "start", "batch", "epoch", "done"
+    epoch: int
+    epochs: int
+    batch: int = 0
+    batches: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    seconds: float = 0.0
+    eta_seconds: float | None = None
+    preview: list[tuple[np.ndarray, np.ndarray]] | None = None  # (input, reconstruction) float CHW
+    history: list[dict[str, float]] = field(default_factory=list)
+    message: str = ""
+    run_dir: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation images: a seeded permutation, at least one of each when n >= 2."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction)) if n >= 2 else 0
+    if fraction > 0 and n >= 2:
+        n_val = max(1, min(n_val, n - 1))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def stop_reason(cfg: TrainConfig, epoch: int, best_epoch: int, elapsed: float) -> str | None:
+    """Why training ends after ``epoch``: ``early_stopped`` (no improvement for ``patience`` epochs),
+    ``time_budget`` (over ``max_minutes``), or None to go on. Shared by every training loop."""
+    if epoch - best_epoch >= cfg.patience:
+        return "early_stopped"
+    if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
+        return "time_budget"
+    return None
