@@ -80,3 +80,13 @@ def gif_bytes(frames: list[np.ndarray], duration_ms: int = 200, last_hold_ms: in
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
                    optimize=False, disposal=1)
     return buf.getvalue()
+
+
+HEATMAP_QUANTILE = 0.999  # the common colour scale of a set's heatmaps tops out at this quantile
+
+
+def heatmap_vmax(maps: np.ndarray | None) -> float:
+    """The top of a set's common heatmap colour scale."""
+    if maps is None or not maps.size:
+        return 1.0
+    return float(np.quantile(maps.astype(np.float32), HEATMAP_QUANTILE))

@@ -1,23 +1,22 @@
-"""ROC / threshold explorer: scored test sets, precomputed curves, operating points, rules, decision records."""
+"""Evaluating a run: from the one scored set of a detector (:func:`core.evaluation.scored.scored_set`) to
+its metrics (:func:`core.evaluation.curves.summary`), the run folder's ``metrics.json`` / ``scores.csv`` /
+``strips/``, and the operating point a threshold rule picks.
+
+``python -m core evaluate``, the Results and Threshold pages and the training jobs all read the same cached
+scored set and the same summary, so a number is the same wherever it is shown.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from core.detectors import registry as detectors
-from core.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
+import csv
+import io
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from core.data.images import save_png
-from core.detectors.fnet_distance import FNetDetector, is_fnet_run, load_fnet
+from core.detectors.reconstruction import reconstructions
 from core.device import resolve_device
-from core.evaluation import metrics
 from core.evaluation.curves import (
     Costs,
     apply_rule,
@@ -26,93 +25,68 @@ from core.evaluation.curves import (
     summary,
 )
 from core.evaluation.scored import (
+    ScoredSet,
     default_detector,
     load_test_split,
-    score_split,
     scored_set,
-    scores_csv,
 )
 from core.labels.effective import relabel_scored
 from core.runs import METRICS_FILE, SCORES_FILE, load_run
-from core.viz import result_strip
+from core.viz import heatmap_vmax, result_strip
 from core.workspace import atomic_write_json, atomic_write_text
 
 
-def evaluate_fnet_run(run_dir: Path | str, *, device: str = "auto", strips: bool = True, batch_size: int = 32) -> dict[str, Any]:
-    """Image-level metrics of the distance to C on the run's test split; writes ``metrics.json`` and ``scores.csv``.
+def scores_csv(ss: ScoredSet) -> str:
+    """Per-image scores as CSV text: path (relative to the data root), defect, label (1 / 0 / -1 unknown), score, has_mask."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "defect", "label", "score", "has_mask"])
+    known = ss.has_mask if ss.has_mask is not None else [False] * len(ss)
+    for path, defect, label, score, has in zip(ss.paths, ss.defects, ss.labels, ss.scores, known):
+        writer.writerow([path, defect, int(label), f"{float(score):.6g}", int(bool(has))])
+    return buf.getvalue()
 
-    Same keys as :func:`core.evaluate.evaluate_run`; ``pixel_auroc`` and ``aupro`` are None (F does not
-    localize) and no strips are written (``strips`` is accepted for the common signature).
+
+def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = True, batch_size: int | None = None) -> dict[str, Any]:
+    """Score the test split of a run with its own detector and write ``metrics.json``, ``scores.csv`` and ``strips/``.
+
+    Works for every kind of run: the reconstruction error of an AE / VAE / U-Net run, the distance to C of an
+    f-Net run (``pixel_auroc`` and ``aupro`` are None: F does not localize, and no strips are written).
+
+    Returns:
+        The metrics dict (also written to ``metrics.json``): :func:`core.evaluation.curves.summary`'s keys
+        plus ``run_id``, ``model``, ``data``, ``category``, ``epoch``, ``detector``, ``score_mode``,
+        ``heatmap_vmax``, ``n_skipped``, ``skipped``.
+
+    Raises:
+        core.errors.AnomalyLabError: an unusable run or data.
     """
-
+    run_dir = Path(run_dir)
     dev = resolve_device(device)
-    run = load_fnet(run_dir, dev)
-    index, split = load_test_split(run)
-    if len(split) == 0:
-        raise ConfigError(f"the test split of {run.config.data} has no readable image")
-    scored = score_split(FNetDetector(run.model), split, batch_size=batch_size, device=dev)
-    result = metrics.summarize(scored.scores, split.labels)
+    run = load_run(run_dir, dev)
+    ss = scored_set(run_dir, "auto", device=str(dev), batch_size=batch_size)
+    _, split = load_test_split(run)
+    result = summary(ss)
     result.update(
         run_id=run.id, model=run.config.model, data=run.config.data, category=run.config.category, epoch=run.epoch,
-        score_mode="fnet_distance", heatmap_vmax=None, n_skipped=len(split.skipped), skipped=split.skipped,
+        detector=ss.detector, score_mode=ss.meta.get("score_mode"),
+        heatmap_vmax=heatmap_vmax(ss.maps) if ss.maps is not None else None,
+        n_skipped=len(split.skipped), skipped=split.skipped,
     )
-    atomic_write_json(Path(run_dir) / METRICS_FILE, result)
-    atomic_write_text(Path(run_dir) / SCORES_FILE, scores_csv(scored, index.root))
+    atomic_write_json(run_dir / METRICS_FILE, result)
+    atomic_write_text(run_dir / SCORES_FILE, scores_csv(ss))
+    recons = reconstructions(run.model, split.images) if strips and ss.maps is not None else None
+    if recons is not None:
+        for k, s in enumerate(split.samples):
+            img = result_strip(split.images[k].numpy() / 255.0, recons[k].transpose(2, 0, 1) / 255.0,
+                               ss.maps[k].astype("float32"), result["heatmap_vmax"])
+            save_png(run_dir / "strips" / s.defect / f"{s.path.stem}.png", img)
     return result
 
 
 def evaluate_any(run_dir: Path | str, *, device: str = "auto", strips: bool = True) -> dict[str, Any]:
-    """:func:`evaluate_fnet_run` for f-Net runs, :func:`core.evaluate.evaluate_run` for the others."""
-    if is_fnet_run(run_dir):
-        return evaluate_fnet_run(run_dir, device=device, strips=strips)
-
+    """:func:`evaluate_run` (kept under this name: every kind of run goes through the same path now)."""
     return evaluate_run(run_dir, device=device, strips=strips)
-
-
-
-
-
-
-
-
-
-
-def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = True, batch_size: int = 32) -> dict[str, Any]:
-    """Score the test split of a run and write ``metrics.json``, ``scores.csv`` and ``strips/``.
-
-    Returns:
-        The metrics dict (also written to ``metrics.json``).
-
-    Raises:
-        core.runs.RunError: for an unusable run; ValueError for data problems.
-    """
-    dev = resolve_device(device)
-    run = load_run(run_dir, dev)
-    index, split = load_test_split(run)
-    if len(split) == 0:
-        raise ConfigError(f"the test split of {run.config.data} has no readable image")
-    scored = score_split(detectors.build(run), split, batch_size=batch_size, device=dev)
-    result = scored.summary()
-    vmax = float(np.quantile(scored.maps, 0.999)) if scored.maps.size else 1.0
-    result.update(
-        run_id=run.id,
-        model=run.config.model,
-        data=run.config.data,
-        category=run.config.category,
-        epoch=run.epoch,
-        score_mode=run.config.score_mode,
-        heatmap_vmax=vmax,
-        n_skipped=len(split.skipped),
-        skipped=split.skipped,
-    )
-    run_dir = Path(run_dir)
-    atomic_write_json(run_dir / METRICS_FILE, result)
-    atomic_write_text(run_dir / SCORES_FILE, scores_csv(scored, index.root))
-    if strips and scored.reconstructions is not None:
-        for k, s in enumerate(split.samples):
-            img = result_strip(scored.split.images[k].numpy() / 255.0, scored.reconstructions[k], scored.maps[k], vmax)
-            save_png(run_dir / "strips" / s.defect / f"{s.path.stem}.png", img)
-    return result
 
 
 def evaluate_with_rule(

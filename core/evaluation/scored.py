@@ -17,7 +17,6 @@ but appear in the "closest to the threshold" review list. ``core`` never imports
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -42,7 +41,6 @@ from core.detectors import registry as detectors
 from core.detectors.fnet_distance import load_fnet
 from core.device import resolve_device
 from core.errors import ConfigError
-from core.evaluation import metrics
 from core.models.contract import Detector
 from core.runs import BEST_CKPT, CONFIG_FILE, LoadedRun, RunError, load_run, read_json
 from core.workspace import atomic_write_bytes
@@ -313,24 +311,16 @@ class ScoredSet:
 
 @dataclass
 class Scored:
-    """Detector output over a whole split, as numpy arrays in the split's order."""
+    """Raw detector output over a whole split (numpy, in the split's order), reconstructions included.
+
+    An intermediate of :func:`score_split`: results and metrics come from the :class:`ScoredSet` built from it.
+    """
 
     split: LoadedSplit
     scores: np.ndarray  # [N]
     maps: np.ndarray | None  # [N, H, W] float32; None for an image-level detector
     reconstructions: np.ndarray | None  # [N, C, H, W] float32
 
-    def summary(self) -> dict[str, Any]:
-        """Image and pixel metrics; pixel metrics use only images with known pixel ground truth."""
-        known = self.split.has_mask
-        masks = self.split.masks.numpy()
-        has_defect_mask = self.maps is not None and bool(np.any(masks[known]))
-        return metrics.summarize(
-            self.scores,
-            self.split.labels,
-            self.maps[known] if has_defect_mask else None,
-            masks[known] if has_defect_mask else None,
-        )
 
 
 @torch.no_grad()
@@ -368,14 +358,6 @@ def load_test_split(run: LoadedRun) -> tuple[DatasetIndex, LoadedSplit]:
     return index, load_split(index, "test", cfg.size, cfg.channels)
 
 
-def scores_csv(scored: Scored, root: Path | None = None) -> str:
-    """Per-image scores as CSV text: path, defect, label, score, has_mask."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "defect", "label", "score", "has_mask"])
-    for s, score, known in zip(scored.split.samples, scored.scores, scored.split.has_mask):
-        writer.writerow([s.relpath(root) if root else str(s.path), s.defect, s.label, f"{float(score):.6g}", int(known)])
-    return buf.getvalue()
 
 
 def _label_value(v: Any) -> int:

@@ -12,34 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.data.images import to_uint8_hwc
+from core.detectors.reconstruction import reconstructions
 from core.evaluation.curves import summary
 from core.evaluation.scored import ScoredSet, load_test_split, scored_set
 from core.runs import LoadedRun
-
-HEATMAP_QUANTILE = 0.999  # the common colour scale of a set's heatmaps tops out at this quantile
-
-
-@torch.no_grad()
-def reconstructions(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> np.ndarray | None:
-    """uint8 HWC reconstructions of uint8 ``[N, C, H, W]`` images, or None for a model that does not reconstruct."""
-    if not hasattr(model, "reconstruct"):
-        return None
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device).float().div_(255.0)
-        out += [to_uint8_hwc(r) for r in model.reconstruct(x).float().clamp(0, 1).cpu().numpy()]
-    return np.stack(out) if out else None
-
-
-def heatmap_vmax(maps: np.ndarray | None) -> float:
-    """The top of a set's common heatmap colour scale."""
-    if maps is None or not maps.size:
-        return 1.0
-    return float(np.quantile(maps.astype(np.float32), HEATMAP_QUANTILE))
+from core.viz import heatmap_vmax
 
 
 def scored_view(run: LoadedRun, detector: str = "auto", settings: Mapping[str, Any] | None = None,

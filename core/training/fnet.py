@@ -24,7 +24,7 @@ ImageNet weight file the user already has (never downloaded).
 
 Trained and stored as a run: ``python -m core train --model fnet ...`` (``core.train.fit`` hands
 ``model="fnet"`` to :func:`fit_fnet`); ``python -m core evaluate`` reports the image-level ROC of the
-distance to C (:func:`evaluate_fnet_run`; pixel metrics are null: F alone does not localize)."""
+distance to C (detector ``fnet-distance``; pixel metrics are null: F alone does not localize)."""
 
 from __future__ import annotations
 
