@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -513,17 +512,15 @@ def test_aupro_invalid_args():
         aupro(bad, masks)
 
 
-def test_aupro_speed_80x128x128():
+def test_aupro_on_random_maps_80x128x128():
+    """A full-size set (speed is measured in benchmarks as ratios, never timed in a unit test)."""
     rng = np.random.default_rng(0)
     maps = rng.random((80, 128, 128)).astype(np.float32)
     masks = np.zeros((80, 128, 128), dtype=bool)
     for i in range(0, 80, 2):
         masks[i, 10:40, 20:50] = True
         masks[i, 70:90, 70:120] = True
-    t0 = time.perf_counter()
     val = aupro(maps, masks)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 2.0
     # Random maps: PRO ~= FPR, so normalized area over [0, 0.3] ~= 0.15.
     assert val == pytest.approx(0.15, abs=0.02)
 
