@@ -50,3 +50,46 @@ def stop_reason(cfg: TrainConfig, epoch: int, best_epoch: int, elapsed: float) -
     if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
         return "time_budget"
     return None
+
+
+class Objective:
+    """What a kind of model brings to the one training loop (:func:`core.training.loop.fit`).
+
+    The loop owns everything shared: device and precision, seeds, the dataset, the run folder, the
+    optimizer and its steps, the stop event, progress, validation bookkeeping, best / last checkpoints,
+    the history and the stop rule. An objective owns its data, its model and its loss.
+    """
+
+    #: whether ``--resume`` from ``last.pt`` is supported
+    resumable = True
+    #: what :meth:`setup` resolved, stored in ``config.json``'s ``resolved`` (counts, skipped files, ...)
+    resolved: dict
+    #: batches per epoch (for progress)
+    n_batches: int
+
+    def setup(self, cfg: TrainConfig, index, device):  # pragma: no cover - interface
+        """Load the data for ``cfg`` (channels and category resolved) and return the untrained model."""
+        raise NotImplementedError
+
+    def batches(self, epoch: int, gen):  # pragma: no cover - interface
+        """The training batches of one epoch, in order."""
+        raise NotImplementedError
+
+    def loss(self, model, batch, precision: str):  # pragma: no cover - interface
+        """``(loss, number of images)`` of one batch, the model in train mode."""
+        raise NotImplementedError
+
+    def validate(self, model, precision: str) -> tuple[float, dict[str, float]]:  # pragma: no cover - interface
+        """The validation loss (lower is better; picks the best checkpoint) and extra per-epoch values."""
+        raise NotImplementedError
+
+    def preview(self, model, precision: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """(input, output) pairs shown while training, or None."""
+        return None
+
+    def before_unimproved_save(self, model) -> None:
+        """Called when training ended before any epoch improved, just before the current weights are kept as best."""
+
+    def payload_extras(self) -> dict:
+        """Extra keys of every checkpoint."""
+        return {}

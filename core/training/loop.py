@@ -1,9 +1,13 @@
-"""Training: one plain function with a progress callback and a cooperative stop event.
+"""The one training loop: ``fit(cfg)`` trains any model of :data:`core.config.TRAINABLE_MODELS` into a run folder.
 
-``fit()`` never prints. The CLI wraps it with tqdm; the app runs it in a background job.
-A run folder holds ``config.json``, ``model.pt`` (best validation checkpoint), ``last.pt`` (for
-resume), ``history.json`` (status and per-epoch losses); evaluation adds ``metrics.json``,
-``scores.csv`` and ``strips/``."""
+``fit()`` never prints: it reports through a progress callback and stops on a cooperative stop event.
+The CLI wraps it with tqdm; the app runs it in a background job. What differs between models is an
+:class:`core.training.common.Objective`: the reconstruction objective below (AE, VAE, U-Net: the model's
+own loss on normal images) or the f-Net's (:class:`core.training.fnet.FNetObjective`: normal vs. other
+images). A run folder holds ``config.json``, ``model.pt`` (best validation checkpoint), ``last.pt`` (for
+resume), ``history.json`` (status and per-epoch losses); evaluation adds ``metrics.json``, ``scores.csv``
+and ``strips/``.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,19 @@ import torch
 from core import runs
 from core.config import TrainConfig
 from core.data.builtin import open_dataset
+from core.data.index import DatasetIndex
 from core.data.loading import augment_batch, detect_channels, load_split
 from core.device import autocast, resolve_device, resolve_precision
 from core.errors import ConfigError
 from core.models import build_model
-from core.training.common import Progress, ProgressFn, split_train_val, stop_reason
-from core.training.fnet import fit_fnet
+from core.training.common import (
+    Objective,
+    Progress,
+    ProgressFn,
+    split_train_val,
+    stop_reason,
+)
+from core.training.fnet import FNetObjective
 
 
 def _to_model_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -33,27 +44,76 @@ def _to_model_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-@torch.no_grad()
-def _evaluate_loss(model, images: torch.Tensor, batch_size: int, device, precision, channels_last) -> float:
-    model.eval()
-    total = torch.zeros((), device=device)
-    for i in range(0, len(images), batch_size):
-        x = _to_model_input(images[i : i + batch_size].to(device, non_blocking=True), channels_last)
-        with autocast(device, precision):
+class ReconstructionObjective(Objective):
+    """AE, VAE and U-Net: the model's own loss (``model.loss(x)``) on the normal training images; a seeded
+    share of them is held out for validation. With ``augment``: random crops (images loaded at
+    ``size * crop_scale``) and flips."""
+
+    def setup(self, cfg: TrainConfig, index: DatasetIndex, device: torch.device) -> torch.nn.Module:
+        self.cfg, self.device = cfg, device
+        load_size = int(round(cfg.size * cfg.crop_scale)) if cfg.augment else cfg.size
+        train_full = load_split(index, "train", load_size, cfg.channels)
+        if len(train_full) == 0:
+            raise ConfigError(f"no readable training image in {index.root} ({len(train_full.skipped)} skipped)")
+        val_src = train_full if load_size == cfg.size else load_split(index, "train", cfg.size, cfg.channels)
+        tr_idx, va_idx = split_train_val(len(train_full), cfg.val_fraction, cfg.seed)
+        self.train_images = train_full.images[torch.from_numpy(tr_idx)]
+        self.val_images = val_src.images[torch.from_numpy(va_idx)] if len(va_idx) else self.train_images[:0]
+        model = build_model(cfg.model, cfg.arch(cfg.channels))
+        if cfg.model in ("ae", "unet"):
+            model.cfg.validate(cfg.size)
+        self.channels_last = device.type in ("cpu", "cuda")
+        if device.type == "cuda":  # the whole (small) training set lives on the GPU: no copy per batch
+            self.train_images = self.train_images.pin_memory().to(device, non_blocking=True)
+            self.val_images = self.val_images.pin_memory().to(device, non_blocking=True)
+        self.preview_images = (self.val_images if len(self.val_images) else self.train_images)[:4].cpu()
+        self.n_batches = max(1, math.ceil(len(self.train_images) / cfg.batch_size))
+        self.resolved = {"n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
+                         "skipped": train_full.skipped + index.skipped}
+        return model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def batches(self, epoch: int, gen: torch.Generator):
+        n = len(self.train_images)
+        perm = torch.randperm(n, generator=gen)
+        for b in range(self.n_batches):
+            idx = perm[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+            raw = self.train_images[idx.to(self.train_images.device)]
+            if self.cfg.augment:
+                raw = augment_batch(raw, self.cfg.size, hflip=self.cfg.hflip, vflip=self.cfg.vflip, generator=gen)
+            yield raw
+
+    def loss(self, model: torch.nn.Module, batch: torch.Tensor, precision: str) -> tuple[torch.Tensor, int]:
+        x = _to_model_input(batch.to(self.device, non_blocking=True), self.channels_last)
+        with autocast(self.device, precision):
             loss, _ = model.loss(x)
-        total += loss.float() * len(x)
-    return float(total) / max(1, len(images))
+        return loss, len(x)
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, precision: str) -> tuple[float, dict[str, float]]:
+        if not len(self.val_images):
+            return math.nan, {}  # the loop then uses the training loss
+        model.eval()
+        total = torch.zeros((), device=self.device)
+        for i in range(0, len(self.val_images), self.cfg.batch_size):
+            x = _to_model_input(self.val_images[i : i + self.cfg.batch_size].to(self.device, non_blocking=True),
+                                self.channels_last)
+            with autocast(self.device, precision):
+                loss, _ = model.loss(x)
+            total += loss.float() * len(x)
+        return float(total) / len(self.val_images), {}
+
+    @torch.no_grad()
+    def preview(self, model: torch.nn.Module, precision: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        model.eval()
+        x = _to_model_input(self.preview_images.to(self.device), self.channels_last)
+        with autocast(self.device, precision):
+            recon = model.reconstruct(x)
+        return [(a.float().cpu().numpy(), b.float().clamp(0, 1).cpu().numpy()) for a, b in zip(x, recon)]
 
 
-@torch.no_grad()
-def _preview(model, images: torch.Tensor, device, precision, channels_last) -> list[tuple[np.ndarray, np.ndarray]]:
-    model.eval()
-    x = _to_model_input(images.to(device), channels_last)
-    with autocast(device, precision):
-        recon = model.reconstruct(x)
-    return [(a.float().cpu().numpy(), b.float().clamp(0, 1).cpu().numpy()) for a, b in zip(x, recon)]
-
-
+def objective_for(cfg: TrainConfig) -> Objective:
+    """The objective of ``cfg.model``: the f-Net's for ``fnet``, the reconstruction one for the others."""
+    return FNetObjective() if cfg.model == "fnet" else ReconstructionObjective()
 
 
 def fit(
@@ -64,26 +124,28 @@ def fit(
     stop: threading.Event | None = None,
     resume: bool = False,
 ) -> Path:
-    """Train a reconstruction model on the normal training images of ``cfg.data``.
+    """Train ``cfg.model`` on the normal training images of ``cfg.data``.
 
     Args:
         cfg: the run's settings.
         run_dir: where to write; default a new folder under ``<workspace>/runs``.
         progress: called at start, after every batch, at every epoch end and at the end.
         stop: set it to stop after the current batch; the best checkpoint so far is kept.
-        resume: continue from ``run_dir/last.pt`` (same config) instead of starting over.
+        resume: continue from ``run_dir/last.pt`` (same config) instead of starting over (not for f-Net
+            runs: a few minutes of training).
 
     Returns:
         The run folder.
 
     Raises:
-        ValueError: bad settings or data (including :class:`core.data.index.DatasetError`).
-        core.runs.RunError: an unreadable checkpoint when resuming.
+        core.errors.AnomalyLabError: bad settings or data (including :class:`core.data.index.DatasetError`),
+            an unreadable checkpoint when resuming.
+        FloatingPointError: training diverged.
     """
     cfg.validate()
-    if cfg.model == "fnet":  # a classifier with its own data pipeline (normal vs. other images)
-
-        return fit_fnet(cfg, run_dir, progress=progress, stop=stop, resume=resume)
+    objective = objective_for(cfg)
+    if resume and not objective.resumable:
+        raise ConfigError(f"--resume is not supported for {cfg.model} runs; train it again (it takes minutes)")
     started = time.monotonic()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -91,28 +153,10 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     index = open_dataset(cfg.data, cfg.category, seed=cfg.data_seed)
-    channels = cfg.channels or detect_channels(index)
-    cfg = replace(cfg, category=index.category, channels=channels)
-    load_size = int(round(cfg.size * cfg.crop_scale)) if cfg.augment else cfg.size
-    train_full = load_split(index, "train", load_size, channels)
-    if len(train_full) == 0:
-        raise ConfigError(f"no readable training image in {index.root} ({len(train_full.skipped)} skipped)")
-    val_src = train_full if load_size == cfg.size else load_split(index, "train", cfg.size, channels)
-    tr_idx, va_idx = split_train_val(len(train_full), cfg.val_fraction, cfg.seed)
-    train_images = train_full.images[torch.from_numpy(tr_idx)]
-    val_images = val_src.images[torch.from_numpy(va_idx)] if len(va_idx) else train_images[:0]
-
-    model = build_model(cfg.model, cfg.arch(channels))
-    if cfg.model in ("ae", "unet"):
-        model.cfg.validate(cfg.size)
-    channels_last = device.type in ("cpu", "cuda")
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    cfg = replace(cfg, category=index.category, channels=cfg.channels or detect_channels(index))
+    model = objective.setup(cfg, index, device).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and precision == "fp16"))
-
-    if device.type == "cuda":
-        train_images = train_images.pin_memory().to(device, non_blocking=True)
-        val_images = val_images.pin_memory().to(device, non_blocking=True)
 
     run_dir = Path(run_dir) if run_dir else runs.new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,28 +171,18 @@ def fit(
         best_epoch = int(state.get("best_epoch", 0))
         start_epoch = int(state["epoch"]) + 1
         gen.manual_seed(cfg.seed + start_epoch)
+    runs.write_config(run_dir, cfg, {"device": str(device), "precision": precision, "data_root": str(index.root),
+                                     **objective.resolved})
 
-    resolved = {
-        "device": str(device),
-        "precision": precision,
-        "n_train": int(len(tr_idx)),
-        "n_val": int(len(va_idx)),
-        "data_root": str(index.root),
-        "skipped": train_full.skipped + index.skipped,
-    }
-    runs.write_config(run_dir, cfg, resolved)
-    preview_images = (val_images if len(val_images) else train_images)[:4].cpu()
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        return runs.checkpoint_payload(cfg, model, epoch=epoch, val_loss=best_val)
+    def checkpoint(epoch: int, val_loss: float) -> dict[str, Any]:
+        return {**runs.checkpoint_payload(cfg, model, epoch=epoch, val_loss=val_loss), **objective.payload_extras()}
 
     def save_last(epoch: int) -> None:
-        payload = checkpoint(epoch)
+        payload = checkpoint(epoch, best_val)
         payload.update(optimizer=opt.state_dict(), best_val_loss=best_val, best_epoch=best_epoch)
         runs.save_checkpoint(run_dir / runs.LAST_CKPT, payload)
 
-    n = len(train_images)
-    batches = max(1, math.ceil(n / cfg.batch_size))
+    batches = objective.n_batches
     status, epoch, last_saved = "finished", start_epoch - 1, time.monotonic()
     runs.write_history(run_dir, "running", history, best_epoch, best_val)
     if progress:
@@ -157,38 +191,34 @@ def fit(
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.monotonic()
             model.train()
-            perm = torch.randperm(n, generator=gen)
-            total = torch.zeros((), device=device)  # summed on device: no .item() sync per batch
-            for b in range(batches):
+            total, seen = torch.zeros((), device=device), 0  # summed on the device: no .item() sync per batch
+            for b, batch in enumerate(objective.batches(epoch, gen)):
                 if stop is not None and stop.is_set():
                     status = "stopped"
                     break
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                raw = train_images[idx.to(train_images.device)]
-                if cfg.augment:
-                    raw = augment_batch(raw, cfg.size, hflip=cfg.hflip, vflip=cfg.vflip, generator=gen)
-                x = _to_model_input(raw.to(device, non_blocking=True), channels_last)
-                with autocast(device, precision):
-                    loss, _ = model.loss(x)
+                loss, n = objective.loss(model, batch, precision)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                total += loss.detach().float() * len(idx)
+                total += loss.detach().float() * n
+                seen += n
                 if progress:
                     progress(Progress("batch", epoch, cfg.epochs, b + 1, batches, seconds=time.monotonic() - started))
             if status == "stopped":
                 epoch -= 1
                 break
-            train_loss = float(total) / n
+            train_loss = float(total) / max(1, seen)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); try a lower learning rate")
-            val_loss = _evaluate_loss(model, val_images, cfg.batch_size, device, precision, channels_last) if len(val_images) else train_loss
-            improved = val_loss < best_val
-            if improved:
+            val_loss, extras = objective.validate(model, precision)
+            if math.isnan(val_loss):  # no validation images: judge by the training loss
+                val_loss = train_loss
+            if val_loss < best_val:
                 best_val, best_epoch = val_loss, epoch
-                runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch))
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "seconds": time.monotonic() - t0})
+                runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch, val_loss))
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extras,
+                            "seconds": time.monotonic() - t0})
             runs.write_history(run_dir, "running", history, best_epoch, best_val)
             if time.monotonic() - last_saved > 60:
                 save_last(epoch)
@@ -196,13 +226,8 @@ def fit(
             elapsed = time.monotonic() - started
             per_epoch = elapsed / max(1, epoch - start_epoch + 1)
             if progress:
-                progress(
-                    Progress(
-                        "epoch", epoch, cfg.epochs, batches, batches, train_loss, val_loss, best_val, elapsed,
-                        per_epoch * (cfg.epochs - epoch),
-                        _preview(model, preview_images, device, precision, channels_last), list(history),
-                    )
-                )
+                progress(Progress("epoch", epoch, cfg.epochs, batches, batches, train_loss, val_loss, best_val, elapsed,
+                                  per_epoch * (cfg.epochs - epoch), objective.preview(model, precision), list(history)))
             ended = stop_reason(cfg, epoch, best_epoch, elapsed)
             if ended:
                 status = ended
@@ -212,7 +237,8 @@ def fit(
         raise
     if best_epoch == 0:  # stopped before the first epoch ended: keep the current weights as "best"
         best_val = float("nan")
-        runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch))
+        objective.before_unimproved_save(model)
+        runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(max(epoch, 0), best_val))
     save_last(max(epoch, 0))
     runs.write_history(run_dir, status, history, best_epoch, best_val)
     if progress:
