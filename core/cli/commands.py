@@ -11,8 +11,10 @@ import argparse
 import json
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -26,6 +28,8 @@ from core.evaluation.evaluate import evaluate_any, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
 from core.runs import read_history, run_model
 from core.training.loop import fit
+
+T = TypeVar("T")
 
 
 def _fmt(value: object) -> str:
@@ -50,30 +54,54 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(**given)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _train_config(args)
-    cfg.validate()
-    stop = threading.Event()
-    bar = None  # created once the data is loaded, so an error message is not mixed with a bar
+class _Bar:
+    """A tqdm progress bar on stderr, created when the work starts (so an early error message is not mixed
+    with a bar) and closed however the work ends."""
 
-    def on_progress(p) -> None:
-        nonlocal bar
-        if p.phase == "start":
-            bar = tqdm(total=cfg.epochs, initial=p.epoch, unit="epoch", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
-        elif p.phase == "epoch" and bar is not None:
-            bar.update(p.epoch - bar.n)
-            bar.set_postfix(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+    def __init__(self, unit: str, quiet: bool) -> None:
+        self.unit, self.quiet, self.bar = unit, quiet, None
 
+    def start(self, total: int, initial: int) -> None:
+        self.bar = tqdm(total=total, initial=initial, unit=self.unit, file=sys.stderr, dynamic_ncols=True, disable=self.quiet)
+
+    def advance(self, done: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _interruptible(work: Callable[[], T], stop: threading.Event, bar: _Bar) -> T | None:
+    """Run ``work``; on Ctrl-C set ``stop`` (the best checkpoint so far is kept), say so and return None."""
     try:
-        run_dir = fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop, resume=args.resume)
+        return work()
     except KeyboardInterrupt:
         stop.set()
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    cfg.validate()
+    stop, bar = threading.Event(), _Bar("epoch", args.quiet)
+
+    def on_progress(p) -> None:
+        if p.phase == "start":
+            bar.start(cfg.epochs, p.epoch)
+        elif p.phase == "epoch":
+            bar.advance(p.epoch, train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+
+    run_dir = _interruptible(lambda: fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop,
+                                         resume=args.resume), stop, bar)
+    if run_dir is None:
+        return 130
     hist = read_history(run_dir)
     print(f"run: {run_dir}")
     print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
@@ -152,33 +180,26 @@ def cmd_anounet(args: argparse.Namespace) -> int:
                         base_channels=args.base_channels, levels=args.levels, residual=args.residual,
                         precision=args.precision, seed=args.seed)
     cfg.validate()
-    stop = threading.Event()
-    bar = None
+    stop, bar = threading.Event(), _Bar("img", args.quiet)
 
     def on_progress(p) -> None:
-        nonlocal bar
         if p.phase == "start":
-            bar = tqdm(total=p.total, initial=p.done, unit="img", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
-        elif bar is not None and p.phase == "epoch":
-            bar.update(p.done - bar.n)
-            if p.slots:
-                bar.set_postfix(epoch=max(s.epoch for s in p.slots), L_R=f"{p.slots[0].loss_r:.4g}", L_C=f"{p.slots[0].loss_c:.3g}")
+            bar.start(p.total, p.done)
+        elif p.phase == "epoch":
+            postfix = dict(epoch=max(s.epoch for s in p.slots), L_R=f"{p.slots[0].loss_r:.4g}",
+                           L_C=f"{p.slots[0].loss_c:.3g}") if p.slots else {}
+            bar.advance(p.done, **postfix)
 
     def on_warm(p) -> None:
         if p.phase == "start" and not args.quiet:
             print(f"training the warm-start U-Net once (kept in {p.run_dir})", file=sys.stderr)
 
-    try:
-        m = evaluate_anounet(args.fnet_run, cfg, images=args.images, limit=args.limit, out=args.out, warm_start=args.warm_start,
-                             compare=args.compare, device=args.device, cache=not args.no_cache, progress=on_progress,
-                             stop=stop, warm_progress=on_warm)
-    except KeyboardInterrupt:
-        stop.set()
-        print("\ninterrupted", file=sys.stderr)
+    m = _interruptible(lambda: evaluate_anounet(
+        args.fnet_run, cfg, images=args.images, limit=args.limit, out=args.out, warm_start=args.warm_start,
+        compare=args.compare, device=args.device, cache=not args.no_cache, progress=on_progress, stop=stop,
+        warm_progress=on_warm), stop, bar)
+    if m is None:
         return 130
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         print(json.dumps(m))
         return 0

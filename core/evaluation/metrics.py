@@ -448,63 +448,41 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     return best.f1, float(thr[i])
 
 
-def threshold_for_fpr(scores: ArrayLike, labels: ArrayLike, target_fpr: float) -> float:
-    """Lowest threshold whose false-positive rate on good images is ``<= target_fpr``.
+def _threshold_for_rate(scores: ArrayLike, labels: ArrayLike, target: float, rate: str) -> float:
+    """The threshold a target rate picks (``rate`` is ``fpr`` or ``tpr``); see the two public functions.
 
-    Candidates are the unique scores plus the "flag nothing" value (FPR 0), so
-    among thresholds meeting the FPR budget the one with the highest TPR is
-    returned.
-
-    Args:
-        scores: 1-D anomaly scores.
-        labels: 1-D binary labels (1 = defective).
-        target_fpr: Maximum allowed FPR in ``[0, 1]``.
-
-    Returns:
-        The threshold (a score value or the "flag nothing" value).
-
-    Raises:
-        ValueError: On invalid inputs, ``target_fpr`` outside ``[0, 1]`` or if
-            there are no good (label 0) samples.
+    Candidates are the unique scores plus the "flag nothing" value (FPR = TPR = 0). Counts are compared
+    as integers against ``target * n`` so that exact rates do not suffer from rounding.
     """
     s, y = _validate(scores, labels)
-    target = _check_rate(target_fpr, "target_fpr")
-    n_neg = int((y == 0).sum())
-    if n_neg == 0:
-        raise ValueError("threshold_for_fpr needs at least one good (label 0) sample")
-    thr, _, fp = _sweep(s, y)
-    # fp is non-decreasing as the threshold decreases; integer comparison
-    # avoids rounding trouble at exact rates.
-    ok = np.flatnonzero(fp <= target * n_neg + 1e-9)
-    return float(thr[ok[-1]])
+    target = _check_rate(target, f"target_{rate}")
+    n = int((y == 0).sum()) if rate == "fpr" else int(y.sum())
+    if n == 0:
+        kind = "good (label 0)" if rate == "fpr" else "defective (label 1)"
+        raise ValueError(f"threshold_for_{rate} needs at least one {kind} sample")
+    thr, tp, fp = _sweep(s, y)  # tp and fp are non-decreasing as the threshold decreases
+    if rate == "fpr":
+        return float(thr[np.flatnonzero(fp <= target * n + 1e-9)[-1]])
+    return float(thr[np.flatnonzero(tp >= target * n - 1e-9)[0]])
+
+
+def threshold_for_fpr(scores: ArrayLike, labels: ArrayLike, target_fpr: float) -> float:
+    """Lowest threshold whose false-positive rate on good images is ``<= target_fpr`` (so, among the
+    thresholds within the false-alarm budget, the one that catches the most defects).
+
+    Raises:
+        ValueError: on invalid inputs, ``target_fpr`` outside ``[0, 1]`` or no good (label 0) sample.
+    """
+    return _threshold_for_rate(scores, labels, target_fpr, "fpr")
 
 
 def threshold_for_tpr(scores: ArrayLike, labels: ArrayLike, target_tpr: float) -> float:
-    """Highest threshold whose true-positive rate is ``>= target_tpr``.
-
-    Candidates are the unique scores plus the "flag nothing" value (TPR 0), so
-    ``target_tpr == 0`` returns the "flag nothing" threshold.
-
-    Args:
-        scores: 1-D anomaly scores.
-        labels: 1-D binary labels (1 = defective).
-        target_tpr: Minimum required TPR (recall) in ``[0, 1]``.
-
-    Returns:
-        The threshold (a score value or the "flag nothing" value).
+    """Highest threshold whose true-positive rate is ``>= target_tpr`` (``0`` gives "flag nothing").
 
     Raises:
-        ValueError: On invalid inputs, ``target_tpr`` outside ``[0, 1]`` or if
-            there are no defective (label 1) samples.
+        ValueError: on invalid inputs, ``target_tpr`` outside ``[0, 1]`` or no defective (label 1) sample.
     """
-    s, y = _validate(scores, labels)
-    target = _check_rate(target_tpr, "target_tpr")
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        raise ValueError("threshold_for_tpr needs at least one defective (label 1) sample")
-    thr, tp, _ = _sweep(s, y)
-    ok = np.flatnonzero(tp >= target * n_pos - 1e-9)
-    return float(thr[ok[0]])
+    return _threshold_for_rate(scores, labels, target_tpr, "tpr")
 
 
 def youden_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
