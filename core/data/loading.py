@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+from cachetools import LRUCache
 import torch
 
 from core.data.images import ImageError, read_image, read_mask, resize, to_channels
@@ -56,9 +56,10 @@ def detect_channels(index: DatasetIndex) -> int:
     return 3
 
 
-_CACHE: OrderedDict[str, LoadedSplit] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 _CACHE_MAX_BYTES = 2 * 1024**3
+# Least recently used splits go first once their images pass _CACHE_MAX_BYTES (the newest one always stays).
+_CACHE: LRUCache[str, LoadedSplit] = LRUCache(_CACHE_MAX_BYTES, getsizeof=lambda v: max(1, min(v.images.numel(), _CACHE_MAX_BYTES)))
+_CACHE_LOCK = threading.Lock()
 
 
 def _cache_key(samples: list[Sample], size: int, channels: int, with_masks: bool) -> str:
@@ -87,9 +88,9 @@ def load_samples(samples: list[Sample], size: int, channels: int, *, with_masks:
     """
     key = _cache_key(samples, size, channels, with_masks)
     with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
     images, kept, masks, has_mask, skipped = [], [], [], [], []
     for s in samples:
         try:
@@ -118,8 +119,6 @@ def load_samples(samples: list[Sample], size: int, channels: int, *, with_masks:
     loaded = LoadedSplit(tensor, kept, mask_tensor, np.array(has_mask, dtype=bool), skipped)
     with _CACHE_LOCK:
         _CACHE[key] = loaded
-        while sum(v.images.numel() for v in _CACHE.values()) > _CACHE_MAX_BYTES and len(_CACHE) > 1:
-            _CACHE.popitem(last=False)
     return loaded
 
 

@@ -12,27 +12,21 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from core.config import ScoreConfig
 from core.errors import ConfigError
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps (reflect padding); identity for sigma <= 0."""
+    """Gaussian blur of ``[B, H, W]`` maps (torchvision's, reflect padding, radius ceil(3 sigma) capped by the
+    image side); identity for sigma <= 0."""
     if sigma <= 0:
         return maps
-    radius = max(1, int(math.ceil(3 * sigma)))
-    radius = min(radius, (min(maps.shape[-2:]) - 1))
-    coords = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
+    radius = min(max(1, int(math.ceil(3 * sigma))), min(maps.shape[-2:]) - 1)
+    if radius < 1:
+        return maps
+    return TF.gaussian_blur(maps.unsqueeze(1), [2 * radius + 1] * 2, [sigma, sigma]).squeeze(1)
 
 
 def difference_map(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

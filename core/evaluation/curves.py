@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from core.errors import ConfigError
 from core.evaluation import metrics
@@ -195,7 +195,7 @@ def build_curves(scores: Any, labels: Any, *, n_boot: int = 1000, seed: int = 0)
     )
 
 
-_CURVES_MEMO: OrderedDict[tuple, Curves] = OrderedDict()
+_CURVES_MEMO: LRUCache[tuple, Curves] = LRUCache(32)
 
 
 _CURVES_LOCK = threading.Lock()
@@ -207,13 +207,10 @@ def curves_for(ss: ScoredSet, *, n_boot: int = 1000, seed: int = 0) -> Curves:
     with _CURVES_LOCK:
         hit = _CURVES_MEMO.get(key)
         if hit is not None:
-            _CURVES_MEMO.move_to_end(key)
             return hit
     c = build_curves(ss.scores, ss.labels, n_boot=n_boot, seed=seed)
     with _CURVES_LOCK:
         _CURVES_MEMO[key] = c
-        while len(_CURVES_MEMO) > 32:
-            _CURVES_MEMO.popitem(last=False)
     return c
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from core.errors import ConfigError
 from core.evaluation import metrics
@@ -142,7 +142,7 @@ def build_pixel_curves(maps: np.ndarray, masks: np.ndarray, *, bins: int = 4096,
                        aupro=aupro, pro_fpr=pro_fpr, pro=pro_y, value_min=lo, value_max=hi)
 
 
-_PIXEL_MEMO: OrderedDict[tuple, tuple[Any, PixelCurves | None]] = OrderedDict()
+_PIXEL_MEMO: LRUCache[tuple, tuple[Any, PixelCurves | None]] = LRUCache(16)
 
 
 _PIXEL_LOCK = threading.Lock()
@@ -161,13 +161,10 @@ def pixel_curves(ss: ScoredSet, *, bins: int = 4096, pro: bool = True) -> PixelC
     with _PIXEL_LOCK:
         hit = _PIXEL_MEMO.get(key)
         if hit is not None:
-            _PIXEL_MEMO.move_to_end(key)
             return hit[1]
     pc = build_pixel_curves(ss.maps[sel], ss.masks[sel], bins=bins, pro=pro)
     with _PIXEL_LOCK:
         _PIXEL_MEMO[key] = ((ss.maps, ss.masks), pc)  # holding the arrays keeps their ids unique
-        while len(_PIXEL_MEMO) > 16:
-            _PIXEL_MEMO.popitem(last=False)
     return pc
 
 

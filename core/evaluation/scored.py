@@ -22,13 +22,13 @@ import io
 import json
 import threading
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 import torch
 
 from core.data.builtin import open_dataset
@@ -381,10 +381,9 @@ def _label_value(v: Any) -> int:
 # =========================================================================== #
 # Building and caching a ScoredSet per run
 # =========================================================================== #
-_MEMO: OrderedDict[str, tuple[str, ScoredSet]] = OrderedDict()
-
-
 _MEMO_MAX = 8
+_MEMO: LRUCache[str, tuple[str, ScoredSet]] = LRUCache(_MEMO_MAX)
+
 
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -570,7 +569,6 @@ def scored_set(
             with _LOCKS_GUARD:
                 hit = _MEMO.get(mkey)
                 if hit is not None and hit[0] == key:
-                    _MEMO.move_to_end(mkey)
                     return hit[1]
             ss = _load(path, key)
         else:
@@ -580,9 +578,6 @@ def scored_set(
             _save(path, ss, key)
         with _LOCKS_GUARD:
             _MEMO[mkey] = (key, ss)
-            _MEMO.move_to_end(mkey)
-            while len(_MEMO) > _MEMO_MAX:
-                _MEMO.popitem(last=False)
         return ss
 
 
