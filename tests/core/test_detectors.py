@@ -14,11 +14,13 @@ from core.data.builtin import open_dataset
 from core.data.loading import load_split
 from core.detectors import registry
 from core.errors import DetectorError
-from core.evaluation.curves import summary
+from core.evaluation.curves import curves_for, summary
 from core.evaluation.evaluate import evaluate_run
+from core.evaluation.pixel import pixel_curves
 from core.evaluation.scored import scored_set
 from core.models.contract import AnomalyOutput
 from core.runs import load_run
+from core.services.scored_view import scored_view
 from core.training.loop import fit
 
 # Settings that keep each detector quick on a 32 px run; everything else at its registered default.
@@ -129,3 +131,19 @@ def test_one_summary_for_the_cli_and_the_scored_set(runs: dict[str, Path], capsy
         for key in ("image_auroc", "pixel_auroc", "aupro", "average_precision", "threshold"):
             assert cli[key] == written[key] == pytest.approx(own[key]) if own[key] is not None else cli[key] is None
     assert evaluate_run(runs["fnet"], device="cpu", strips=False)["pixel_auroc"] is None
+
+
+@pytest.mark.parametrize("detector", ["reconstruction", "projection"])
+def test_cli_results_and_threshold_sources_agree(runs: dict[str, Path], detector: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The same run and detector give the same image and pixel AUROC on the CLI, in the Results page's
+    view (core.services.scored_view) and in the Threshold page's curves (core.evaluation curves / pixel)."""
+    settings = FAST.get(detector, {})
+    args = [f"--set={k}={v}" for k, v in settings.items()]
+    assert main(["evaluate", str(runs["ae"]), "--detector", detector, *args, "--json", "--no-strips"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    results = scored_view(load_run(runs["ae"]), detector, settings)["metrics"]
+    ss = scored_set(runs["ae"], detector, settings=settings)
+    threshold = {"image_auroc": curves_for(ss).auroc, "pixel_auroc": pixel_curves(ss).pixel_auroc}
+    for key in ("image_auroc", "pixel_auroc"):
+        assert cli[key] == results[key] == threshold[key], key
