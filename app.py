@@ -18,4 +18,4 @@ PAGES = [
     st.Page("views/try_image.py", title="Try your image", icon=":material/upload:"),
 ]
 
-st.navigation(PAGES).run()  # each page draws the shared sidebar first (pages/ui.py: selection())
+st.navigation(PAGES).run()  # each page draws the shared sidebar first (views/components/ui.py: selection())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.config import TrainConfig
-from views import jobs_view, ui
+from views.components import jobs_view, ui
 
 # A small AE with a 45-second training budget: the whole job (data generation on first use, training,
 # scoring) ends within a minute even on a slow or busy 2-core CPU; a fast machine simply fits more epochs.

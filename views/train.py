@@ -9,7 +9,7 @@ import streamlit as st
 from core.config import AEConfig, TrainConfig
 from core.device import available_devices
 from core.runs import RunError, delete_run
-from views import jobs_view, ui
+from views.components import jobs_view, ui
 
 KEY_CONFIRM_DELETE = "train_confirm_delete"
 KEY_DELETE_ERROR = "train_delete_error"

@@ -16,8 +16,8 @@ from core.data.images import to_float_chw, to_uint8_hwc
 from core.runs import LoadedRun
 from core.services.predict import Analysis, analyze_image, analyze_upload, position
 from core.viz import heatmap, overlay, strip
-from views import ui
-from views.results import (
+from views.components import ui
+from views.components.display import (
     DEFECT_COLOR,
     GOOD_COLOR,
     checkpoint_mtime,

@@ -61,11 +61,12 @@ class _Bar:
     def __init__(self, unit: str, quiet: bool) -> None:
         self.unit, self.quiet, self.bar = unit, quiet, None
 
-    def start(self, total: int, initial: int) -> None:
-        self.bar = tqdm(total=total, initial=initial, unit=self.unit, file=sys.stderr, dynamic_ncols=True, disable=self.quiet)
-
-    def advance(self, done: int, **postfix: Any) -> None:
-        if self.bar is not None:
+    def update(self, phase: str, total: int, done: int, **postfix: Any) -> None:
+        """Follow a progress report: the bar appears at ``start`` and moves at every ``epoch``."""
+        if phase == "start":
+            self.bar = tqdm(total=total, initial=done, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                            disable=self.quiet)
+        elif phase == "epoch" and self.bar is not None:
             self.bar.update(done - self.bar.n)
             if postfix:
                 self.bar.set_postfix(**postfix)
@@ -93,10 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop, bar = threading.Event(), _Bar("epoch", args.quiet)
 
     def on_progress(p) -> None:
-        if p.phase == "start":
-            bar.start(cfg.epochs, p.epoch)
-        elif p.phase == "epoch":
-            bar.advance(p.epoch, train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+        losses = dict(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}") if p.phase == "epoch" else {}
+        bar.update(p.phase, cfg.epochs, p.epoch, **losses)
 
     run_dir = _interruptible(lambda: fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop,
                                          resume=args.resume), stop, bar)
@@ -183,12 +182,9 @@ def cmd_anounet(args: argparse.Namespace) -> int:
     stop, bar = threading.Event(), _Bar("img", args.quiet)
 
     def on_progress(p) -> None:
-        if p.phase == "start":
-            bar.start(p.total, p.done)
-        elif p.phase == "epoch":
-            postfix = dict(epoch=max(s.epoch for s in p.slots), L_R=f"{p.slots[0].loss_r:.4g}",
-                           L_C=f"{p.slots[0].loss_c:.3g}") if p.slots else {}
-            bar.advance(p.done, **postfix)
+        slots = p.slots if p.phase == "epoch" else None
+        losses = dict(epoch=max(s.epoch for s in slots), L_R=f"{slots[0].loss_r:.4g}", L_C=f"{slots[0].loss_c:.3g}") if slots else {}
+        bar.update(p.phase, p.total, p.done, **losses)
 
     def on_warm(p) -> None:
         if p.phase == "start" and not args.quiet:

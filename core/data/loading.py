@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from cachetools import LRUCache
 import torch
+from cachetools import LRUCache
 
 from core.data.images import ImageError, read_image, read_mask, resize, to_channels
 from core.data.index import DatasetIndex, Sample

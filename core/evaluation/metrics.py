@@ -138,6 +138,19 @@ class Confusion:
 # --------------------------------------------------------------------------- #
 # Validation helpers
 # --------------------------------------------------------------------------- #
+def _finite(a: np.ndarray, dtype, name: str, what: str) -> np.ndarray:
+    """``a`` as ``dtype``; ValueError when it is not numeric, or holds NaN or inf."""
+    try:
+        a = a.astype(dtype, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from exc
+    if np.isnan(a).any():
+        raise ValueError(f"{what} contain NaN")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contain non-finite values (inf)")
+    return a
+
+
 def _validate(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert image-level scores and labels.
 
@@ -171,14 +184,7 @@ def _validate(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
         )
     if s.shape[0] == 0:
         raise ValueError("scores and labels must not be empty")
-    try:
-        s = s.astype(np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"scores must be numeric: {exc}") from exc
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain non-finite values (inf)")
+    s = _finite(s, np.float64, "scores", "scores")
     try:
         yf = y.astype(np.float64)
     except (TypeError, ValueError) as exc:
@@ -638,14 +644,9 @@ def _validate_pixels(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.
     if m.size == 0:
         raise ValueError("maps and masks must not be empty")
     if m.dtype not in (np.float32, np.float64):
-        try:
-            m = m.astype(np.float64 if m.dtype.itemsize >= 4 else np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"maps must be numeric: {exc}") from exc
-    if np.isnan(m).any():
-        raise ValueError("anomaly maps contain NaN")
-    if not np.isfinite(m).all():
-        raise ValueError("anomaly maps contain non-finite values (inf)")
+        m = _finite(m, np.float64 if m.dtype.itemsize >= 4 else np.float32, "maps", "anomaly maps")
+    else:
+        m = _finite(m, m.dtype, "maps", "anomaly maps")
     if g.dtype != np.bool_:
         try:
             g = g > 0.5

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cachetools import LRUCache
 import torch
+from cachetools import LRUCache
 
 from core.data.builtin import open_dataset
 from core.data.index import (

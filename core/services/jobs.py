@@ -114,6 +114,12 @@ class Job:
         return self.ended is not None
 
 
+def _reusable(job: Job) -> bool:
+    """A job worth following instead of starting again: running, or finished with its result in memory."""
+    with job.lock:
+        return job.status == RUNNING or (job.status == FINISHED and job.result is not None)
+
+
 class JobRegistry:
     """Thread-safe map of job id -> :class:`Job` for one process."""
 
@@ -139,6 +145,35 @@ class JobRegistry:
         job.thread = threading.Thread(target=job._run, name=f"job-{job_id}", daemon=True)
         job.thread.start()
         return job
+
+    def start_or_get(self, job_id: str, fn: Callable[[JobContext], Any], kind: str, title: str,
+                     **state: Any) -> tuple[Job, bool]:
+        """The job ``job_id`` when it runs or has finished with its result still in memory, else ``fn``
+        started under that id; ``(job, started)``. Check and start are one step under the registry's lock,
+        so two sessions asking for the same id at once get the same job."""
+        with self._lock:
+            old = self._jobs.get(job_id)
+            if old is not None and _reusable(old):
+                return old, False
+            job = Job(job_id, kind, title, fn, state=dict(state))
+            self._jobs[job_id] = job
+            self._prune()
+            job.thread = threading.Thread(target=job._run, name=f"job-{job_id}", daemon=True)
+            job.thread.start()
+        return job, True
+
+    def forget_results(self, kind: str, keep: int) -> None:
+        """Drop the results of all but the newest ``keep`` finished jobs of ``kind`` (their state stays)."""
+        with self._lock:
+            jobs = sorted((j for j in self._jobs.values() if j.kind == kind), key=lambda j: j.started, reverse=True)
+        done = 0
+        for job in jobs:
+            with job.lock:
+                if job.status == RUNNING or job.result is None:
+                    continue
+                done += 1
+                if done > keep:
+                    job.result = None
 
     def _prune(self) -> None:
         done = sorted((j for j in self._jobs.values() if j.status != RUNNING), key=lambda j: j.started)

@@ -16,8 +16,10 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.detectors import registry as detectors
+from core.services import anounet_job
 from core.training.loop import fit
-from views import anounet, ui
+from views import anounet
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "views/anounet.py"
@@ -57,7 +59,7 @@ def _finish(at: AppTest, key: str = anounet.KEY_JOB, status: str = "finished") -
 
 
 def _jobs() -> int:
-    return len(ui.job_registry().snapshots(anounet.JOB_KIND))
+    return len(ui.job_registry().snapshots(anounet_job.JOB_KIND))
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -140,7 +142,7 @@ def test_page_stop_keeps_finished_images_and_says_so(runs: tuple[Path, Path]) ->
 
 def test_page_uploads_and_bad_files(runs: tuple[Path, Path]) -> None:
     at = _open("bottle")
-    at.segmented_control(key=anounet.KEY_SOURCE).set_value(anounet.SOURCE_UPLOAD).run()
+    at.segmented_control(key=anounet.KEY_SOURCE).set_value(ui.SOURCE_UPLOAD).run()
     at.button(key=anounet.KEY_RUN_BUTTON).click().run()
     assert not at.exception and any("Upload at least one image" in w.value for w in at.warning)
     gray16 = (np.random.default_rng(1).integers(0, 65535, (40, 48))).astype(np.uint16)
@@ -174,18 +176,6 @@ def test_page_without_fnet_offers_training_and_then_lists_it(runs: tuple[Path, P
 
 
 # --------------------------------------------------------------------------- helpers without Streamlit
-def test_request_id_ignores_batch_but_not_settings() -> None:
-    from dataclasses import replace
-
-    from core.config import AnoUnetConfig
-
-    base = anounet.Request("f", 1, ("a",), ("a",), (None,), AnoUnetConfig(), "none")
-    assert replace(base, cfg=AnoUnetConfig(batch=2)).job_id == base.job_id
-    assert replace(base, cfg=AnoUnetConfig(beta=5.0)).job_id != base.job_id
-    assert replace(base, warm_start="auto").job_id != base.job_id
-    assert replace(base, mtime_ns=2).job_id != base.job_id
-
-
 def test_comparison_maps_convert_channels_and_size(runs: tuple[Path, Path]) -> None:
     from core.runs import load_run
 

@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from views import ui
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "views/dataset.py"

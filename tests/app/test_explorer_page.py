@@ -14,7 +14,8 @@ from core.evaluation.pixel import pixel_curves
 from core.evaluation.record import decision_record, record_to_csv, record_to_json
 from core.evaluation.scored import scored_set
 from core.training.loop import fit
-from views import explorer, ui
+from views import explorer
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "views/explorer.py"

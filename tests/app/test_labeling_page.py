@@ -13,7 +13,8 @@ from core.evaluation.curves import curves_for, operating_point, summary
 from core.evaluation.scored import scored_set
 from core.labels.store import dataset_key
 from core.training.loop import fit
-from views import explorer, labeling, ui
+from views import explorer, labeling
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 KEY = dataset_key("builtin:synthetic", "fabric")

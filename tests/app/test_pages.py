@@ -32,7 +32,7 @@ def test_every_page_runs_without_exception(page: str) -> None:
 
 
 def test_train_page_starts_a_job_and_the_run_appears() -> None:
-    from views import ui
+    from views.components import ui
 
     at = _app()
     at.switch_page("views/train.py").run()
@@ -58,7 +58,7 @@ def test_train_page_starts_a_job_and_the_run_appears() -> None:
 
 
 def test_custom_folder_outside_allowed_roots_is_refused() -> None:
-    from views import ui
+    from views.components import ui
 
     at = _app()
     at.sidebar.selectbox(key=ui.KEY_SOURCE).set_value(ui.CUSTOM_SOURCE).run()
@@ -71,7 +71,7 @@ def test_custom_folder_inside_allowed_roots_is_used(tmp_path: Path, monkeypatch:
     import numpy as np
     from PIL import Image
 
-    from views import ui
+    from views.components import ui
 
     root = tmp_path / "parts"
     for sub, n in (("good", 6), ("scratch", 2)):

@@ -19,8 +19,10 @@ from streamlit.testing.v1 import AppTest
 from core.config import ProjectionConfig, TrainConfig
 from core.detectors.reconstruction import ReconstructionDetector
 from core.runs import load_run
+from core.services import projection_job
 from core.training.loop import fit
-from views import projection, ui
+from views import projection
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "views/projection.py"
@@ -58,7 +60,7 @@ def _finish(at: AppTest) -> str:
 
 
 def _n_projection_jobs() -> int:
-    return len(ui.job_registry().snapshots(projection.JOB_KIND))
+    return len(ui.job_registry().snapshots(projection_job.JOB_KIND))
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -130,7 +132,7 @@ def test_projection_page_runs_a_job_shows_animation_comparison_gif_and_reuses_re
 
 def test_projection_page_projects_uploads_and_reports_bad_files(vae_run: Path) -> None:
     at = _open("builtin:synthetic", "bottle", vae_run.name)
-    at.segmented_control(key=projection.KEY_SOURCE).set_value(projection.SOURCE_UPLOAD).run()
+    at.segmented_control(key=projection.KEY_SOURCE).set_value(ui.SOURCE_UPLOAD).run()
     assert not at.exception, at.exception
     at.button(key=projection.KEY_RUN_BUTTON).click().run()  # nothing uploaded yet
     assert not at.exception and any("Upload at least one image" in w.value for w in at.warning)
@@ -167,8 +169,8 @@ def test_projection_page_warns_about_divergence(vae_run: Path) -> None:
     model = Exploding()
     x0 = torch.rand(2, 3, 32, 32)
     cfg = ProjectionConfig(steps=3)
-    task = projection.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
-    job = ui.job_registry().start(projection.JOB_KIND, "diverging", task, job_id="projection-test-divergence",
+    task = projection_job.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+    job = ui.job_registry().start(projection_job.JOB_KIND, "diverging", task, job_id="projection-test-divergence",
                                   run_id=vae_run.name, labels=["calm", "wild"], defects=[None, None],
                                   config={"steps": 3, "alpha": cfg.alpha, "lam": cfg.lam, "map_mode": cfg.map_mode})
     assert job.join(60) and job.snapshot().status == "finished", job.snapshot().error
@@ -190,40 +192,9 @@ def test_projection_page_without_a_run_shows_guidance(vae_run: Path) -> None:
     assert not at.get("plotly_chart") and not at.multiselect
 
 
-# --------------------------------------------------------------------------- helpers without Streamlit
-def test_stored_steps_keep_first_and_last_and_stay_bounded() -> None:
-    assert projection.stored_steps(3) == [0, 1, 2, 3]
-    many = projection.stored_steps(200)
-    assert many[0] == 0 and many[-1] == 200 and len(many) <= projection.MAX_FRAMES
-    assert many == sorted(set(many))
-
-
-def test_display_scale_enlarges_small_images_by_whole_factors() -> None:
-    assert projection.display_scale(32) == 4 and projection.display_scale(64) == 2 and projection.display_scale(28) == 4
-    assert projection.display_scale(128) == 1 and projection.display_scale(512) == 1
-    img = np.arange(4, dtype=np.uint8).reshape(2, 2)
-    assert projection.enlarge_nn(img, 3).shape == (6, 6) and projection.enlarge_nn(img, 3)[2, 3] == img[0, 1]
-
-
-def test_default_picks_cover_defect_types_and_one_good() -> None:
-    view = {"names": ["test/good/0.png", "test/good/1.png", "test/good/2.png", "test/a/0.png", "test/a/1.png", "test/b/0.png"],
-            "defects": ["good", "good", "good", "a", "a", "b"],
-            "scores": np.array([0.1, 0.5, 0.3, 0.9, 0.95, 0.2])}
-    assert projection.default_picks(view) == ["test/a/1.png", "test/b/0.png", "test/good/2.png", "test/a/0.png"]
-    assert projection.default_picks(view, n=2) == ["test/a/1.png", "test/good/2.png"]
-
-
-def test_request_id_depends_on_images_and_settings() -> None:
-    a = projection.Request("run", 1, ("x.png",), ("x",), ("good",), ProjectionConfig(steps=3))
-    assert a.job_id == projection.Request("run", 1, ("x.png",), ("other label",), (None,), ProjectionConfig(steps=3)).job_id
-    assert a.job_id != projection.Request("run", 1, ("x.png",), ("x",), ("good",), ProjectionConfig(steps=4)).job_id
-    assert a.job_id != projection.Request("run", 2, ("x.png",), ("x",), ("good",), ProjectionConfig(steps=3)).job_id
-    assert a.job_id.startswith(projection.JOB_KIND + "-")
-
-
 def test_decode_upload_converts_or_explains(vae_run: Path) -> None:
     run = load_run(vae_run)
-    img, err = projection.decode_upload(run, "gray.png", _png(np.full((20, 30), 128, np.uint8)))
+    img, err = ui.decode_upload(run.config.size, run.config.channels, "gray.png", _png(np.full((20, 30), 128, np.uint8)))
     assert err is None and img.shape == (32, 32, 3)
-    img, err = projection.decode_upload(run, "notes.png", b"not an image")
+    img, err = ui.decode_upload(run.config.size, run.config.channels, "notes.png", b"not an image")
     assert img is None and "notes.png" in err

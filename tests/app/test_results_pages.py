@@ -19,7 +19,8 @@ from core.evaluation.evaluate import evaluate_run
 from core.runs import load_run
 from core.services import predict
 from core.training.loop import fit
-from views import results, try_image, ui
+from views import results, try_image
+from views.components import ui
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from core.config import TrainConfig
-from core.services.jobs import FAILED, FINISHED, STOPPED, JobContext, JobRegistry
+from core.services.jobs import (
+    FAILED,
+    FINISHED,
+    STOPPED,
+    Job,
+    JobContext,
+    JobRegistry,
+    JobSnapshot,
+)
 from core.services.tasks import training_task
+
+
+def _wait_for(job: Job, condition: Callable[[JobSnapshot], bool], timeout: float = 10.0) -> JobSnapshot:
+    """The first snapshot that meets ``condition``, polled until a deadline (no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = job.snapshot()
+        if condition(snap):
+            return snap
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s: {snap.state}"
+        job.join(0.005)
 
 
 def test_job_publishes_state_and_result() -> None:
@@ -24,8 +44,7 @@ def test_job_publishes_state_and_result() -> None:
         return 42
 
     job = reg.start("demo", "Demo", fn, job_id="j1")
-    time.sleep(0.05)
-    snap = job.snapshot()
+    snap = _wait_for(job, lambda s: s.state.get("step") == 1)
     assert snap.running and snap.state["step"] == 1
     snap.state["items"].append(3)  # a snapshot is a copy: mutating it changes nothing
     assert job.snapshot().state["items"] == [1, 2]
@@ -42,8 +61,7 @@ def test_stop_and_failure() -> None:
     reg = JobRegistry()
 
     def loop(ctx: JobContext) -> str:
-        while not ctx.stop.is_set():
-            time.sleep(0.01)
+        ctx.stop.wait(5)
         return "stopped cleanly"
 
     job = reg.start("demo", "Loop", loop)
@@ -54,6 +72,76 @@ def test_stop_and_failure() -> None:
     assert bad.join(5)
     snap = bad.snapshot()
     assert snap.status == FAILED and "ZeroDivisionError" in snap.error and "traceback" in snap.state
+
+
+def test_start_or_get_follows_a_running_or_finished_job_and_restarts_otherwise() -> None:
+    reg = JobRegistry()
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def fn(ctx: JobContext) -> int:
+        calls.append(1)
+        gate.wait(5)
+        return len(calls)
+
+    job, started = reg.start_or_get("same", fn, "demo", "Demo", owner="a")
+    assert started and job.snapshot().state == {"owner": "a"}
+    again, started_again = reg.start_or_get("same", fn, "demo", "Demo", owner="b")
+    assert again is job and not started_again, "a running job is followed"
+    gate.set()
+    assert job.join(5) and job.snapshot().result == 1
+    assert reg.start_or_get("same", fn, "demo", "Demo") == (job, False), "a finished job with its result is reused"
+    with job.lock:
+        job.result = None  # dropped from memory: computed again
+    fresh, started = reg.start_or_get("same", fn, "demo", "Demo")
+    assert started and fresh is not job and fresh.join(5) and fresh.snapshot().result == 2
+    failing, _ = reg.start_or_get("bad", lambda ctx: 1 / 0, "demo", "Bad")
+    assert failing.join(5)
+    retried, started = reg.start_or_get("bad", fn, "demo", "Bad")
+    assert started and retried.join(5), "a failed job is started again"
+
+
+def test_start_or_get_is_one_job_under_concurrent_requests() -> None:
+    reg = JobRegistry()
+    gate = threading.Event()
+    runs: list[int] = []
+
+    def fn(ctx: JobContext) -> None:
+        runs.append(1)
+        gate.wait(5)
+
+    barrier = threading.Barrier(8)
+    got: list[tuple[Job, bool]] = []
+
+    def ask() -> None:
+        barrier.wait(5)
+        got.append(reg.start_or_get("shared", fn, "demo", "Shared"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    gate.set()
+    assert len(got) == 8 and len({id(job) for job, _ in got}) == 1
+    assert sum(started for _, started in got) == 1
+    assert got[0][0].join(5) and runs == [1]
+
+
+def test_forget_results_keeps_the_newest() -> None:
+    reg = JobRegistry()
+    jobs = []
+    for i in range(4):
+        job, _ = reg.start_or_get(f"r{i}", lambda ctx, i=i: i, "demo", "R")
+        assert job.join(5)
+        jobs.append(job)
+        with job.lock:
+            job.started = float(i)  # a strict order of start times
+    other, _ = reg.start_or_get("x", lambda ctx: "other kind", "else", "X")
+    assert other.join(5)
+    reg.forget_results("demo", keep=2)
+    assert [j.snapshot().result for j in jobs] == [None, None, 2, 3]
+    assert other.snapshot().result == "other kind"
 
 
 def test_training_task_reports_progress_and_metrics(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_train_a_tiny_model_and_see_it_finish(page, app_server: str) -> None:
     size.click()
     page.get_by_role("option", name="32", exact=True).click()
     epochs = page.get_by_label("Epochs (max)")
-    epochs.fill("3")
+    epochs.fill("2")  # in the app an epoch of this tiny model takes 30-70 s on 2 busy cores (server threads; see issue 16)
     epochs.blur()
     page.get_by_role("button", name="Start training").click()
     page.get_by_test_id("stProgress").first.wait_for(timeout=60_000)

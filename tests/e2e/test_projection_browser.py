@@ -9,6 +9,7 @@ import pytest
 from browser_helpers import screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
+expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)").expect
 
 
 def test_projection_runs_and_animates_in_the_browser(page, app_server: str, server_vae_run: Path) -> None:
@@ -32,9 +33,8 @@ def test_projection_runs_and_animates_in_the_browser(page, app_server: str, serv
     current = page.locator("text.slider-label").filter(has_text=re.compile(r"^step "))  # the slider's current value
     assert current.first.text_content().strip() == "step 0"
     play.click()
-    page.wait_for_timeout(2000)
-    # The animation ran in the browser, without a rerun: the slider reached the last step.
-    assert current.first.text_content().strip() == "step 3"
+    # The animation runs in the browser, without a rerun: the slider reaches the last step.
+    expect(current.first).to_have_text("step 3", timeout=15_000)
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "projection_played")
     page.get_by_role("tab", name="GIF").click()

@@ -1,4 +1,4 @@
-"""Live view of training jobs, shared by the Home and Train pages."""
+"""Live view of training jobs, shared by the Home, Train and Ano-Unet pages."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from core.data.images import to_uint8_hwc
 from core.services.jobs import JobSnapshot
 from core.services.tasks import training_task
 from core.viz import strip
-from views import ui
+from views.components import ui
 
 KEY_SEEN_RUNNING = "train_jobs_seen_running"
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -255,6 +256,15 @@ def _run_label(run: dict) -> str:
 def selection() -> Selection:
     """Draw the shared sidebar and return its selection. Call once per page run, at the top."""
     return sidebar()
+
+
+def open_page(title: str, need: str = "run") -> tuple[Selection, Any] | None:
+    """A page's opening: its title, the shared sidebar, and what the page needs (``run``: the selected
+    trained run; ``dataset``: the selected dataset's index). None after saying why it is missing."""
+    st.title(title)
+    sel = selection()
+    got = require_run(sel) if need == "run" else require_dataset(sel)
+    return None if got is None else (sel, got)
 
 
 def require_dataset(sel: Selection) -> DatasetIndex | None:

@@ -1,0 +1,165 @@
+"""The Projection page's work without Streamlit: the request, the job that projects a few images and
+keeps display frames of the stored steps, and the frame composites of the animation and the GIF."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from core.config import ProjectionConfig
+from core.detectors.maps import gaussian_blur, image_scores
+from core.detectors.projection import mean_energy_curve, project, projection_map
+from core.detectors.reconstruction import ReconstructionDetector
+from core.services.image_request import ImageRequest
+from core.services.jobs import JobContext
+from core.services.panels import display_rgb, display_scale, enlarge_nn
+from core.viz import annotate, heatmap
+
+JOB_KIND = "projection"
+MAX_FRAMES = 51  # stored (and animated) steps: evenly spread over the run, always the first and last
+KEEP_RESULTS = 6  # finished projection results kept in memory per server process
+DIFF_QUANTILE = 0.995  # colour scale of |x_t - x0|: this quantile of the last step's difference
+MAP_QUANTILE = 0.995  # common colour scale of the two maps of the comparison rows
+GIF_PX = 128  # GIF panels are enlarged up to this side (the GIF stays a few MB at most)
+
+
+@dataclass(frozen=True)
+class ProjectionRequest(ImageRequest):
+    """What to project: which images of which run (``model_id``), with which settings."""
+
+    KIND: ClassVar[str] = JOB_KIND
+    OWNER: ClassVar[str] = "run_id"
+
+    cfg: ProjectionConfig
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    @property
+    def title(self) -> str:
+        return f"Projection · {len(self.keys)} image(s) · {self.cfg.steps} steps · run {self.model_id}"
+
+    def job_state(self) -> dict[str, Any]:
+        return {**super().job_state(), "config": asdict(self.cfg)}
+
+
+def stored_steps(steps: int, limit: int = MAX_FRAMES) -> list[int]:
+    """The steps whose frames are kept: all of them, or ``limit`` spread evenly (first and last included)."""
+    if steps + 1 <= limit:
+        return list(range(steps + 1))
+    return sorted({int(round(s)) for s in np.linspace(0, steps, limit)})
+
+
+def _quantile_vmax(values: np.ndarray, q: float) -> float:
+    return max(float(np.quantile(values, q)), 1e-6)
+
+
+def projection_task(
+    model: torch.nn.Module, detector: ReconstructionDetector, x0: torch.Tensor, cfg: ProjectionConfig,
+    labels: list[str], masks: list[np.ndarray | None],
+) -> Callable[[JobContext], dict[str, Any]]:
+    """A job that projects ``x0`` and keeps display frames of every stored step.
+
+    State: ``step``, ``steps``, ``energy`` (mean per step so far). Result: uint8 frames ``x``,
+    ``recon``, ``heat`` ``[F, B, H, W, 3]`` for the ``frame_steps``; ``energy`` (mean per step) and
+    ``energy_per_image``; the comparison data (``x0``, ``plain_recon``, ``proj_map``, ``recon_map``,
+    their scores and common ``maps_vmax``); ``diverged`` ([(label, step)]); ``stopped``.
+    """
+
+    def task(ctx: JobContext) -> dict[str, Any]:
+        started = time.perf_counter()
+        keep = set(stored_steps(cfg.steps))
+        xs, recons, diffs, frame_steps, energies = [], [], [], [], []
+        last = None
+        stopped = False
+
+        def store(frame: Any) -> None:
+            xs.append(display_rgb(frame.x))
+            recons.append(display_rgb(frame.recon))
+            diffs.append(frame.diff.float().cpu().numpy().astype(np.float16))
+            frame_steps.append(frame.step)
+
+        ctx.update(step=0, steps=cfg.steps, energy=[])
+        for frame in project(model, x0, cfg):
+            energies.append(frame.energy.detach().float().cpu())
+            if frame.step in keep:
+                store(frame)
+            last = frame
+            ctx.update(step=frame.step, energy=mean_energy_curve(energies))
+            if ctx.stop.is_set():
+                stopped = frame.step < cfg.steps
+                break
+        assert last is not None
+        if frame_steps[-1] != last.step:  # stopped (or every image diverged) between two stored steps
+            store(last)
+        vmax = _quantile_vmax(diffs[-1].astype(np.float32), DIFF_QUANTILE)
+        heat = np.stack([np.stack([heatmap(d.astype(np.float32), 0.0, vmax) for d in step]) for step in diffs])
+        # The article's comparison: the plain reconstruction error against the projection map, scored alike.
+        score_cfg = detector.score
+        plain = detector.predict(x0)
+        pmap = gaussian_blur(projection_map(last, x0, cfg.map_mode), score_cfg.smooth_sigma)
+        raw = (last.x - x0.float()).abs().flatten(1).sum(1) * 255.0
+        proj_scores = image_scores(pmap, score_cfg, raw)
+        recon_map, proj_map_np = plain.anomaly_map.float().cpu().numpy(), pmap.float().cpu().numpy()
+        ctx.update(step=last.step)
+        return {
+            "labels": list(labels),
+            "steps": cfg.steps,
+            "steps_done": last.step,
+            "frame_steps": frame_steps,
+            "x": np.stack(xs),
+            "recon": np.stack(recons),
+            "heat": heat,
+            "diff_vmax": vmax,
+            "energy": mean_energy_curve(energies),
+            "energy_per_image": torch.stack(energies).numpy(),  # [steps + 1, B]
+            "x0": display_rgb(x0),
+            "plain_recon": display_rgb(plain.reconstruction) if plain.reconstruction is not None else None,
+            "x_final": display_rgb(last.x),
+            "recon_map": recon_map,
+            "proj_map": proj_map_np,
+            "recon_scores": plain.score.float().cpu().numpy(),
+            "proj_scores": proj_scores.float().cpu().numpy(),
+            "maps_vmax": _quantile_vmax(np.concatenate([recon_map.ravel(), proj_map_np.ravel()]), MAP_QUANTILE),
+            "masks": masks,
+            "diverged": [(labels[i], s) for i, s in enumerate(last.diverged_step) if s is not None],
+            "stopped": stopped,
+            "seconds": time.perf_counter() - started,
+        }
+
+    return task
+
+
+def composite(frames: list[np.ndarray], gap: int) -> np.ndarray:
+    """One image per step: rows of [x_t | f(x_t) | heatmap] per image, white gaps. ``frames`` are [F, B, H, W, 3]."""
+    f, b, h, w, _ = frames[0].shape
+    k = len(frames)
+    out = np.full((f, b * h + (b - 1) * gap, k * w + (k - 1) * gap, 3), 255, np.uint8)
+    for i in range(b):
+        for j, arr in enumerate(frames):
+            out[:, i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = arr[:, i]
+    return out
+
+
+def frame_gap(result: dict[str, Any]) -> int:
+    """The white gap between the panels of a composite: 1 px per 32 px of image side."""
+    return max(1, result["x"].shape[2] // 32)
+
+
+def animation_frames(result: dict[str, Any]) -> np.ndarray:
+    """The composites of all stored steps at native resolution (plotly enlarges them, pixelated)."""
+    return composite([result["x"], result["recon"], result["heat"]], gap=frame_gap(result))
+
+
+def gif_frames(result: dict[str, Any]) -> list[np.ndarray]:
+    """Enlarged, captioned composites for the GIF: "step t/T  E=..."."""
+    factor = display_scale(result["x"].shape[2], GIF_PX)
+    frames = animation_frames(result)
+    energy = result["energy"]
+    return [annotate(enlarge_nn(frames[k], factor), f"step {step}/{result['steps']}  E={energy[step]:.1f}")
+            for k, step in enumerate(result["frame_steps"])]
