@@ -134,7 +134,6 @@ class LoadedRun:
         return self.path.name
 
 
-
 def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> LoadedRun:
     """Load a run's best checkpoint into an eval-mode model on ``device``.
 

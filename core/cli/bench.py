@@ -180,8 +180,6 @@ def run(what: str, **kwargs: Any) -> dict[str, Any]:
     raise ConfigError(f"unknown benchmark {what!r}")
 
 
-
-
 def bench_project(data: str, category: str | None, size: int, steps: int, batch_size: int = 16) -> dict[str, Any]:
     """Projection throughput: one batch of ``batch_size`` images vs. the same images one at a time,
     and the cost of one projection step relative to one training step on the same batch.
@@ -282,7 +280,6 @@ def bench_project(data: str, category: str | None, size: int, steps: int, batch_
 
 def _anounet_setup(data: str, category: str | None, size: int, k: int, fnet_run: str | None, device: str = "cpu"):
     """The f-Net (a run's, or an untrained default one), the data spec, its index, size, channels and ``k`` test images (uint8)."""
-
     if fnet_run:
         run = load_fnet(fnet_run, device)
         fnet, data, category, size = run.model, run.config.data, run.config.category, run.config.size
@@ -467,7 +464,6 @@ def bench_anounet(data: str, category: str | None, size: int, epochs: int, k: in
 
 def gaussian_blur_map(x: torch.Tensor, y: torch.Tensor, sigma: float) -> np.ndarray:
     """The Ano-Unet map of one image ``[1, C, H, W]``: smoothed channel-mean |x - G(x)|."""
-
     return gaussian_blur((x - y).abs().mean(1), sigma)[0].float().numpy()
 
 

@@ -24,7 +24,7 @@ from core.data.builtin import all_datasets
 from core.detectors import registry as detectors
 from core.evaluation.anounet import evaluate_anounet
 from core.evaluation.curves import check_rule_options
-from core.evaluation.evaluate import evaluate_any, evaluate_with_rule
+from core.evaluation.evaluate import evaluate_run, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
 from core.runs import read_history, run_model
 from core.training.loop import fit
@@ -37,7 +37,6 @@ def _fmt(value: object) -> str:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-
     rows = all_datasets()
     if args.json:
         print(json.dumps([{"data": spec, "categories": cats} for spec, cats in rows]))
@@ -48,7 +47,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     return TrainConfig(**given)
@@ -106,13 +104,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
     if not args.no_eval:
 
-        m = evaluate_any(run_dir, device=cfg.device)
+        m = evaluate_run(run_dir, device=cfg.device)
         print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
     rule = {k: getattr(args, k, None) for k in ("rule", "target_fpr", "target_tpr", "cost_fp", "cost_fn", "cost_review")}
     settings = detectors.parse_assignments(args.settings)
     extended = (any(v is not None for v in rule.values()) or args.detector != "auto" or args.labels != "dataset"
@@ -121,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_rule_options(**rule)
         spec = detectors.resolve(run_model(args.run_dir), args.detector)
         detectors.parse_settings(spec, settings)
-    m = evaluate_any(args.run_dir, device=args.device, strips=not args.no_strips)
+    m = evaluate_run(args.run_dir, device=args.device, strips=not args.no_strips)
     if extended:
         m = evaluate_with_rule(args.run_dir, m, detector=args.detector, settings=settings, device=args.device,
                                labels=args.labels, **rule)
@@ -156,7 +153,6 @@ def cmd_detectors(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-
     cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision)
     m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
                             batch_size=args.batch_size, device=args.device)
@@ -210,7 +206,6 @@ def cmd_anounet(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-
     epochs = args.epochs if args.epochs is not None else (30 if args.what == "anounet" else 2)
     result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=epochs,
                        batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps,

@@ -24,7 +24,6 @@ COMMANDS_MODULE = "core.cli.commands"
 
 def _command(name: str):
     """Dispatch to ``core.cli.commands.<name>``, imported only when the command runs (it needs torch)."""
-
     def run(args: argparse.Namespace) -> int:
         return getattr(importlib.import_module(COMMANDS_MODULE), name)(args)
 

@@ -165,5 +165,4 @@ def encode_png(img: np.ndarray) -> bytes:
 
 def save_png(path: Path | str, img: np.ndarray) -> None:
     """Write a uint8 image as PNG atomically."""
-
     atomic_write_bytes(path, encode_png(img))

@@ -1,22 +1,18 @@
-"""f-Net: a frozen feature extractor F that tells normal images from everything else (Ano-Unet article)."""
+"""The "other" images an f-Net learns to tell from the normal ones, made without any download: synthetic
+defect pastes into normal images, the other built-in categories, scikit-learn's digits, scikit-image's textures."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
-from core.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 from core.config import REFERENCE_SOURCES
 from core.data import synthetic
 from core.data.builtin import open_dataset
 from core.data.images import resize, to_channels
 from core.data.loading import load_split
+from core.errors import ConfigError
 
 PASTE_KINDS = ("patch", "blob", "scratch")
 
@@ -29,7 +25,6 @@ REFERENCES_PER_SOURCE = 240  # at most this many images per reference source (me
 # --------------------------------------------------------------------------- #
 def _resize_stack(images: list[np.ndarray], size: int, channels: int) -> torch.Tensor:
     """uint8 HxW(xC) arrays -> uint8 ``[N, channels, size, size]``."""
-
     out = [to_channels(resize(to_channels(img, channels), size), channels).transpose(2, 0, 1) for img in images]
     return torch.from_numpy(np.stack(out)) if out else torch.zeros((0, channels, size, size), dtype=torch.uint8)
 

@@ -81,8 +81,6 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 
 
-
-
 @dataclass
 class ImageResult:
     """The outcome for one image. Arrays are float32 numpy.

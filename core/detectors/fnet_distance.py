@@ -1,4 +1,4 @@
-"""f-Net: a frozen feature extractor F that tells normal images from everything else (Ano-Unet article)."""
+"""The f-Net distance detector: image score = L1 distance of F(x) to the mean normal feature C; no map."""
 
 from __future__ import annotations
 

@@ -143,8 +143,6 @@ def mean_energy_curve(energies: list[torch.Tensor]) -> list[float]:
 
 def projection_panel(x0: torch.Tensor, frame: ProjectionFrame, vmax: float, k: int | None = None) -> np.ndarray:
     """Rows of [x0 | x_t | f(x_t) | heatmap of |x_t - x0|] for the first ``k`` images of a frame (uint8 RGB)."""
-
-
     n = x0.shape[0] if k is None else min(k, x0.shape[0])
     rows = []
     for i in range(n):

@@ -21,7 +21,6 @@ class ReconstructionDetector:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor):
-
         recon = self.model.reconstruct(x).float()
         diff = (x.float() - recon).abs()
         maps = gaussian_blur(diff.mean(1), self.score.smooth_sigma)

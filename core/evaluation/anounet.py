@@ -1,4 +1,4 @@
-"""Ano-Unet: per-image U-Net optimization against a frozen feature extractor, batched."""
+"""``python -m core anounet``: Ano-Unet over a run's test images (or files), with maps, metrics and a comparison run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ROC / threshold explorer: scored test sets, precomputed curves, operating points, rules, decision records."""
+"""Image-level curves and operating points of a scored set: ROC/PR precomputed once, O(log N) per threshold,
+threshold rules, costs, presets and the one summary of metrics (``summary``)."""
 
 from __future__ import annotations
 
@@ -222,8 +223,6 @@ def _as_curves(source: Any, labels: Any = None) -> Curves:
     if labels is None:
         raise ConfigError("give Curves, a ScoredSet, or scores together with labels")
     return build_curves(source, labels, n_boot=0)
-
-
 
 
 def operating_point(curves: Curves, threshold: float, costs: Costs | Mapping | None = None) -> dict[str, Any]:

@@ -84,11 +84,6 @@ def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = Tr
     return result
 
 
-def evaluate_any(run_dir: Path | str, *, device: str = "auto", strips: bool = True) -> dict[str, Any]:
-    """:func:`evaluate_run` (kept under this name: every kind of run goes through the same path now)."""
-    return evaluate_run(run_dir, device=device, strips=strips)
-
-
 def evaluate_with_rule(
     run_dir: Path | str,
     base: Mapping[str, Any],

@@ -1,4 +1,4 @@
-"""ROC / threshold explorer: scored test sets, precomputed curves, operating points, rules, decision records."""
+"""Pixel-level curves of a scored set: pixel precision/recall/F1/IoU per threshold, PRO, segmentation overlays."""
 
 from __future__ import annotations
 

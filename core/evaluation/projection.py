@@ -1,4 +1,4 @@
-"""Iterative energy-based projection (Dehaene et al., ICLR 2020)."""
+"""``python -m core project``: the iterative projection over test images, its energy per step, metrics and GIF."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ROC / threshold explorer: scored test sets, precomputed curves, operating points, rules, decision records."""
+"""The decision record: what was decided on a run (threshold, rule, costs, metrics, fingerprints), to JSON/CSV and
+back, validated in one place, and checked against the data it is applied to."""
 
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ RECORD_RULES = (*RULES, "manual")
 
 
 def _app_version() -> str | None:
-
     v = getattr(core, "__version__", None)
     if v:
         return str(v)

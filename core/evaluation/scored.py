@@ -1,19 +1,10 @@
-"""ROC / threshold explorer: scored test sets, precomputed curves, operating points, rules, decision records.
+"""The one evaluation path: a run's test split scored by a detector into a :class:`ScoredSet`, cached.
 
-The explorer page recomputes everything on every slider move, so the work is split in two:
-
-* **once per run** (cached): :func:`scored_set` scores a run's test split with a detector and keeps
-  scores, anomaly maps and masks in ``<run>/scored/<detector>[_<hash>].npz``; :func:`curves_for` and
-  :func:`pixel_curves` turn a :class:`ScoredSet` into sorted arrays and cumulative counts (memoized
-  in-process);
-* **per threshold change** (O(log N) or O(bins)): :func:`operating_point`, :func:`iso_cost_line`,
-  :func:`false_positives` / :func:`false_negatives` / :func:`closest_to_threshold` and
-  :func:`pixel_metrics` read the precomputed arrays only.
-
-Conventions are those of :mod:`core.evaluation.metrics`: higher score = more anomalous, label 1 = defective (the
-positive class), an image is flagged iff ``score >= threshold``, ``0 / 0 == 0``. Labels may also be
-``-1`` (unknown: no label, "unsure", an unlabeled folder); such images are excluded from every metric
-but appear in the "closest to the threshold" review list. ``core`` never imports streamlit."""
+:func:`scored_set` builds the detector through :mod:`core.detectors.registry`, scores the split with
+:func:`score_split` and keeps scores, maps (float16) and masks in ``<run>/scored/<detector>[_<hash>].npz``;
+the CLI and every page read that one set. Conventions: higher score = more anomalous, label 1 = defective,
+an image is flagged iff ``score >= threshold``; label ``-1`` (no label, "unsure", an unlabeled folder) is
+left out of every metric. ``core`` never imports streamlit."""
 
 from __future__ import annotations
 
@@ -322,7 +313,6 @@ class Scored:
     reconstructions: np.ndarray | None  # [N, C, H, W] float32
 
 
-
 @torch.no_grad()
 def score_split(
     detector: Detector, split: LoadedSplit, *, batch_size: int = 32, device: torch.device | None = None,
@@ -358,8 +348,6 @@ def load_test_split(run: LoadedRun) -> tuple[DatasetIndex, LoadedSplit]:
     return index, load_split(index, "test", cfg.size, cfg.channels)
 
 
-
-
 def _label_value(v: Any) -> int:
     if isinstance(v, str):
         key = v.strip().lower()
@@ -385,7 +373,6 @@ _MEMO_MAX = 8
 _MEMO: LRUCache[str, tuple[str, ScoredSet]] = LRUCache(_MEMO_MAX)
 
 
-
 _LOCKS: dict[str, threading.Lock] = {}
 
 
@@ -398,7 +385,6 @@ def _lock_for(key: str) -> threading.Lock:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run folder")
     cfg = read_json(run_dir / CONFIG_FILE).get("config")
@@ -487,7 +473,6 @@ def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any]
 
 
 def _save(path: Path, ss: ScoredSet, key: str) -> None:
-
     arrays: dict[str, np.ndarray] = {
         "key": np.array(key), "meta": np.array(json.dumps({
             "format": SCORED_FORMAT, "run_id": ss.run_id, "detector": ss.detector, "data": ss.data,

@@ -1,0 +1,1 @@
+"""Labels: the SQLite store, import/export, effective labels and the review queue (no torch)."""

@@ -1,4 +1,4 @@
-"""The label store: people's labels on dataset images, kept in SQLite, with history and undo."""
+"""Effective labels: the dataset's folders, my labels, or both merged, and relabeling a scored set with them."""
 
 from __future__ import annotations
 

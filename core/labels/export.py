@@ -1,4 +1,4 @@
-"""The label store: people's labels on dataset images, kept in SQLite, with history and undo."""
+"""Export of labels as an MVTec-layout folder that ``train --data`` accepts."""
 
 from __future__ import annotations
 

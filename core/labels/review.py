@@ -1,4 +1,4 @@
-"""The label store: people's labels on dataset images, kept in SQLite, with history and undo."""
+"""The Label page's review queues: unlabeled first, disagreeing with the model, closest to the threshold, random."""
 
 from __future__ import annotations
 

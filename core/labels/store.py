@@ -216,7 +216,6 @@ def canonical_key(key: str) -> str:
 
 def index_key(index: DatasetIndex) -> str:
     """The dataset key of an index (built-in caches are recognised by their workspace folder)."""
-
     root = Path(index.root).resolve()
     cache = (workspace_dir() / "cache").resolve()
     parent = root.parent

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,9 +11,6 @@ from torch.nn import functional as F
 from core.config import FNetConfig
 from core.errors import ConfigError
 
-if TYPE_CHECKING:
-    pass
-
 MOBILENET_GLOB = "mobilenet_v2-*.pth"
 
 
@@ -22,8 +18,6 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 
 
 class FNet(nn.Module):

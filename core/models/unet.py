@@ -32,8 +32,6 @@ from core.errors import ConfigError
 RESIDUAL_EPS = 1e-3  # residual G works in logit space: inputs are clamped to [eps, 1 - eps]
 
 
-
-
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2)
 

@@ -1,0 +1,1 @@
+"""What the pages call: background jobs and their job functions, predict, thumbnails, display views."""

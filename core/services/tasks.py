@@ -10,9 +10,7 @@ from core.config import TrainConfig
 from core.detectors.anounet import AnoUnet, AnoUnetProgress
 from core.detectors.fnet_distance import load_fnet
 from core.device import resolve_device
-from core.evaluation.evaluate import (
-    evaluate_any,  # evaluate_run, or the f-Net's own (distance to C)
-)
+from core.evaluation.evaluate import evaluate_run
 from core.services.jobs import JobContext
 from core.training.common import Progress
 from core.training.loop import fit
@@ -48,7 +46,7 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
         if evaluate:
 
             ctx.update(phase="scoring the test images")
-            result["metrics"] = evaluate_any(out, device=cfg.device)
+            result["metrics"] = evaluate_run(out, device=cfg.device)
         ctx.update(phase="done")
         return result
 

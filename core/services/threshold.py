@@ -70,7 +70,6 @@ def record_for(ss: ScoredSet, threshold: float, curves: Curves, rule: str, param
 
 def scoring_task(run_dir: Path | str, detector: str) -> Callable[[JobContext], dict[str, Any]]:
     """A job that scores (and caches) the run's test split with ``detector``; state ``done`` / ``total``."""
-
     def task(ctx: JobContext) -> dict[str, Any]:
         scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
         return {}

@@ -89,7 +89,6 @@ class Objective:
 
     def before_unimproved_save(self, model) -> None:
         """Called when training ended before any epoch improved, just before the current weights are kept as best."""
-
     def payload_extras(self) -> dict:
         """Extra keys of every checkpoint."""
         return {}

@@ -1,4 +1,4 @@
-"""Ano-Unet: per-image U-Net optimization against a frozen feature extractor, batched."""
+"""The Ano-Unet warm start: a reconstruction U-Net trained once on the normal images and kept in the f-Net run."""
 
 from __future__ import annotations
 

@@ -445,9 +445,9 @@ def test_cli_evaluate_with_rule(tiny_run: Path, capsys: pytest.CaptureFixture[st
 )
 def test_cli_rule_errors_exit_2(tiny_run: Path, extra: list[str], reason: str, capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.evaluation.evaluate
+    import core.cli.commands
 
-    monkeypatch.setattr(core.evaluation.evaluate, "evaluate_any", lambda *a, **k: pytest.fail("scored before checking the flags"))
+    monkeypatch.setattr(core.cli.commands, "evaluate_run", lambda *a, **k: pytest.fail("scored before checking the flags"))
     assert main(["evaluate", str(tiny_run), "--json", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and "\n" not in err and "Traceback" not in err

@@ -13,7 +13,7 @@ from core import runs
 from core.config import FNetConfig, TrainConfig
 from core.data.references import paste_defect, paste_defects, reference_sets
 from core.detectors.fnet_distance import FNetDetector, is_fnet_run, load_fnet
-from core.evaluation.evaluate import evaluate_any
+from core.evaluation.evaluate import evaluate_run
 from core.models.contract import AnomalyOutput
 from core.models.fnet import FNet, find_mobilenet_weights, load_backbone_weights
 from core.training.fnet import _loss
@@ -104,7 +104,7 @@ def test_fnet_trains_as_a_run_with_center_and_loads_weights_only(fnet_run: Path)
 
 
 def test_evaluate_reports_image_roc_and_null_pixel_metrics(fnet_run: Path) -> None:
-    m = evaluate_any(fnet_run, device="cpu")
+    m = evaluate_run(fnet_run, device="cpu")
     assert isinstance(m["image_auroc"], float) and m["pixel_auroc"] is None and m["aupro"] is None
     assert m["model"] == "fnet" and m["n_images"] > 0
     lines = (fnet_run / "scores.csv").read_text().splitlines()
