@@ -82,11 +82,15 @@ def draw_analysis(a: Analysis, run: LoadedRun, view: dict[str, Any], key: str, t
             st.caption(f"Input {src} → {cfg.size}×{cfg.size} {'gray' if cfg.channels == 1 else 'RGB'} (the run's input).")
         with right:
             x = to_uint8_hwc(to_float_chw(a.image))
-            heat = heatmap(a.amap, 0.0, view["vmax"])
-            panels = [x] + ([to_uint8_hwc(a.recon)] if a.recon is not None else []) + [heat, overlay(x, heat)]
-            st.image(strip([enlarge(p, 168) for p in panels], gap=4), output_format="PNG")
-            names = "input · reconstruction · anomaly map · overlay" if a.recon is not None else "input · anomaly map · overlay"
-            st.caption(f"{names}. Colour scale 0 to {view['vmax']:.4g}, the same as on the Results page.")
+            if a.amap is None:
+                st.image(enlarge(x, 168), output_format="PNG")
+                st.caption("input. This detector scores the whole image and does not localize: there is no anomaly map.")
+            else:
+                heat = heatmap(a.amap, 0.0, view["vmax"])
+                panels = [x] + ([to_uint8_hwc(a.recon)] if a.recon is not None else []) + [heat, overlay(x, heat)]
+                st.image(strip([enlarge(p, 168) for p in panels], gap=4), output_format="PNG")
+                names = "input · reconstruction · anomaly map · overlay" if a.recon is not None else "input · anomaly map · overlay"
+                st.caption(f"{names}. Colour scale 0 to {view['vmax']:.4g}, the same as on the Results page.")
             draw_position_chart(a.score, view, key=f"try_position_{key}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,12 @@ class LoadedSplit:
     def float_images(self) -> torch.Tensor:
         """Images as float32 in [0, 1]."""
         return self.images.float().div_(255.0)
+
+    def subset(self, indices: Sequence[int]) -> LoadedSplit:
+        """The images at ``indices``, in that order (``skipped`` is kept: it describes the whole split)."""
+        idx = list(indices)
+        return LoadedSplit(self.images[idx], [self.samples[i] for i in idx], self.masks[idx], self.has_mask[idx],
+                           list(self.skipped))
 
 
 def detect_channels(index: DatasetIndex) -> int:

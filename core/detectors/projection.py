@@ -126,10 +126,28 @@ class ProjectionDetector:
         self.score = score or ScoreConfig()
 
     def predict(self, x: torch.Tensor) -> AnomalyOutput:
-        frame = run_projection(self.model, x, self.cfg)
-        maps = gaussian_blur(projection_map(frame, x, self.cfg.map_mode), self.score.smooth_sigma)
-        raw_sum = (frame.x - x.float()).abs().flatten(1).sum(1) * 255.0
-        return AnomalyOutput(image_scores(maps, self.score, raw_sum), maps, frame.x)
+        energies: list[torch.Tensor] = []
+        last = None
+        for last in project(self.model, x, self.cfg):
+            energies.append(last.energy.detach().float())
+        assert last is not None
+        return self.output(last, x, energies)
+
+    def output(self, frame: ProjectionFrame, x0: torch.Tensor, energies: list[torch.Tensor] | None = None) -> AnomalyOutput:
+        """The contract's output of a finished projection (the one place its map and score are made).
+
+        ``energies`` (``E(x_t)`` per step, each ``[B]``) go to ``extras["energy"]`` ``[B, steps + 1]`` (NaN after
+        an image diverged or the run stopped early); ``extras["diverged_step"]`` is -1 for images that did not diverge.
+        """
+        maps = gaussian_blur(projection_map(frame, x0, self.cfg.map_mode), self.score.smooth_sigma)
+        raw_sum = (frame.x - x0.float()).abs().flatten(1).sum(1) * 255.0
+        extras = {"diverged_step": torch.tensor([-1 if s is None else s for s in frame.diverged_step], dtype=torch.int64)}
+        if energies is not None:
+            e = torch.full((x0.shape[0], self.cfg.steps + 1), float("nan"))
+            for step, values in enumerate(energies):
+                e[:, step] = torch.where(torch.isfinite(values), values, torch.nan).cpu()
+            extras["energy"] = e
+        return AnomalyOutput(image_scores(maps, self.score, raw_sum), maps, frame.x, extras)
 
 
 def mean_energy_curve(energies: list[torch.Tensor]) -> list[float]:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,14 @@ import torch
 
 from core.config import AnoUnetConfig
 from core.data.images import read_image, resize, save_png, to_channels
-from core.data.loading import LoadedSplit, load_samples
-from core.detectors import registry as detectors
+from core.data.loading import LoadedSplit
 from core.detectors.anounet import AnoUnet, ProgressFn
 from core.detectors.fnet_distance import load_fnet
 from core.device import resolve_device
 from core.errors import ConfigError
-from core.evaluation import metrics
+from core.evaluation.curves import summary
 from core.evaluation.projection import select_images
-from core.evaluation.scored import load_test_split, score_split
+from core.evaluation.scored import ScoredSet, load_test_split, scored_set
 from core.runs import load_run
 from core.training.warm_start import resolve_warm_start
 from core.viz import heatmap, result_strip
@@ -124,13 +123,16 @@ def evaluate_anounet(
                        feature_distance_before=r.feature_distance_before, feature_distance_after=r.feature_distance_after)
         rows.append(row)
 
-    ok = np.array([results[k] is not None for k in range(n_test)], dtype=bool)
-    test_maps, test_scores = maps[:n_test][ok], np.array([r.score for r in results[:n_test] if r is not None])
-    d_before = np.array([r.feature_distance_before for r in results[:n_test] if r is not None])
-    labels = sel.labels[ok]
-    known = sel.has_mask[ok]
-    masks = sel.masks.numpy()[ok]
-    has_px = bool(known.any() and np.any(masks[known]))
+    ok = [k for k in range(n_test) if results[k] is not None]
+    ss = ScoredSet.from_split(  # the test images done, as the one result type; metrics from the one summary
+        run.id, "anounet", sel.subset(ok), index.root, np.array([results[k].score for k in ok], np.float64),
+        np.stack([results[k].anomaly_map for k in ok]) if ok else np.zeros((0, *batch.shape[-2:]), np.float32),
+        data=fc.data, category=fc.category or index.category, meta={"settings": cfg.result_settings(), "seconds": seconds},
+        extras={"feature_distance_before": np.array([results[k].feature_distance_before for k in ok], np.float64),
+                "epochs": np.array([results[k].epochs for k in ok], np.int64)})
+    m = summary(ss) if ok else {"image_auroc": None, "pixel_auroc": None, "aupro": None}
+    fnet_m = summary(replace(ss, detector="fnet-distance", scores=ss.extras["feature_distance_before"], maps=None,
+                             masks=None, has_mask=None), pixel=False) if ok else {"image_auroc": None}
     reasons: dict[str, int] = {}
     for r in done:
         reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
@@ -140,30 +142,32 @@ def evaluate_anounet(
         "beta": cfg.beta, "epochs": cfg.epochs, "batch": cfg.batch, "lr": cfg.lr, "early_stop": cfg.early_stop,
         "guard": cfg.guard, "precision": ano.precision, "device": str(dev), "warm_start": warm_start, "warm_start_run": warm_dir,
         "unet": asdict(ano.unet_cfg),
-        "n_images": len(batch), "n_done": len(done), "n_cached": n_cached, "n_test_images": int(ok.sum()),
-        "n_defective": int(labels.sum()) if len(labels) else 0,
+        "n_images": len(batch), "n_done": len(done), "n_cached": n_cached, "n_test_images": len(ss),
+        "n_defective": ss.n_defective,
         "seconds": seconds, "seconds_per_image": seconds / max(1, len(done) - n_cached),  # images computed (cache hits excluded)
         "memory_per_image_mb": mem["bytes_per_image"] / 2**20, "memory_method": "estimate: 16 B/param (param, grad, Adam m, v) + autograd-saved activations of G and F for one image + image buffers",
         "stop_reasons": reasons,
         "mean_epochs": float(np.mean([r.epochs for r in done])) if done else None,
-        "pixel_auroc": metrics.pixel_auroc(test_maps[known], masks[known]) if has_px else None,
-        "aupro": metrics.aupro(test_maps[known], masks[known]) if has_px else None,
-        "image_auroc": metrics.image_auroc(test_scores, labels) if len(labels) else None,
-        "image_auroc_fnet": metrics.image_auroc(d_before, labels) if len(labels) else None,
+        "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"], "image_auroc": m["image_auroc"],
+        "image_auroc_fnet": fnet_m["image_auroc"],
         "heatmap_vmax": vmax, "out": str(out_dir), "images": rows,
     }
     if compare is not None:
-        other = load_run(compare, dev)
-        csel = load_samples(list(sel.samples), other.config.size, other.config.channels)
-        scored = score_split(detectors.build(other), csel, device=dev)
-        ck = csel.has_mask
-        cm = csel.masks.numpy()
-        c_px = bool(ck.any() and np.any(cm[ck]))
-        result.update(
-            compare_run=other.id, compare_model=other.config.model, compare_size=other.config.size,
-            pixel_auroc_compare=metrics.pixel_auroc(scored.maps[ck], cm[ck]) if c_px else None,
-            aupro_compare=metrics.aupro(scored.maps[ck], cm[ck]) if c_px else None,
-            image_auroc_compare=metrics.image_auroc(scored.scores, csel.labels) if len(csel) else None,
-        )
+        result.update(_compare(compare, fc, list(ss.paths), dev))
     atomic_write_json(out_dir / "anounet.json", result)
     return result
+
+
+def _compare(compare: Path | str, fc: Any, paths: list[str], device: torch.device) -> dict[str, Any]:
+    """The ``*_compare`` keys: a reconstruction run scored on the same test images through the one evaluation path."""
+    other = load_run(compare, device)
+    oc = other.config
+    if (oc.data, oc.category or "") != (fc.data, fc.category or ""):
+        raise ConfigError(f"--compare {other.id} was trained on {oc.data} {oc.category or ''}, not on the f-Net's "
+                          f"{fc.data} {fc.category or ''}: its maps are not comparable")
+    base = {"compare_run": other.id, "compare_model": oc.model, "compare_size": oc.size}
+    if not paths:
+        return {**base, "pixel_auroc_compare": None, "aupro_compare": None, "image_auroc_compare": None}
+    m = summary(scored_set(compare, "reconstruction", images=paths, device=str(device)))
+    return {**base, "pixel_auroc_compare": m["pixel_auroc"], "aupro_compare": m["aupro"],
+            "image_auroc_compare": m["image_auroc"]}

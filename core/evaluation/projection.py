@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +10,11 @@ import torch
 
 from core.config import ProjectionConfig
 from core.data.loading import LoadedSplit
-from core.detectors import registry as detectors
-from core.detectors.maps import gaussian_blur, image_scores
-from core.detectors.projection import (
-    ProjectionFrame,
-    project,
-    projection_map,
-    projection_panel,
-)
+from core.detectors.projection import ProjectionFrame, project, projection_panel
 from core.device import resolve_device
 from core.errors import ConfigError
-from core.evaluation import metrics
-from core.evaluation.scored import load_test_split, score_split
+from core.evaluation.curves import summary
+from core.evaluation.scored import load_test_split, scored_set, scored_set_path
 from core.runs import load_run
 from core.viz import annotate, gif_bytes
 from core.workspace import atomic_write_bytes
@@ -53,64 +46,45 @@ def evaluate_projection(
     keep = select_images(index.root, split, images)[:limit]
     if not keep:
         raise ConfigError("no test image matches --images")
-    sel = LoadedSplit(split.images[keep], [split.samples[i] for i in keep], split.masks[keep], split.has_mask[keep])
-    started = time.perf_counter()
-    energy_sum = torch.zeros(cfg.steps + 1, dtype=torch.float64)
-    energy_n = torch.zeros(cfg.steps + 1, dtype=torch.float64)
-    maps, scores, diverged, gif_frames = [], [], 0, []
-    score_cfg = run.config.score_config()
-    gif_x0 = sel.images[:gif_images].float().div(255.0)
-    for i in range(0, len(sel), batch_size):
-        x0 = sel.images[i : i + batch_size].float().div(255.0).to(dev)
-        last = None
-        for frame in project(run.model, x0, cfg):
-            finite = torch.isfinite(frame.energy)
-            energy_sum[frame.step] += frame.energy[finite].double().sum().cpu()
-            energy_n[frame.step] += int(finite.sum())
-            if gif is not None and i == 0:  # keep only what the GIF shows: memory stays O(batch)
-                k = gif_images
-                gif_frames.append(ProjectionFrame(frame.step, frame.x[:k].cpu(), frame.recon[:k].cpu(), frame.diff[:k].cpu(),
-                                                  frame.energy[:k].cpu(), frame.rec_energy[:k].cpu(), frame.diverged[:k].cpu(),
-                                                  frame.diverged_step[:k]))
-            last = frame
-        assert last is not None
-        diverged += int(last.diverged.sum())
-        m = gaussian_blur(projection_map(last, x0, cfg.map_mode), score_cfg.smooth_sigma)
-        maps.append(m.cpu().numpy())
-        raw = (last.x - x0).abs().flatten(1).sum(1) * 255.0
-        scores.append(image_scores(m, score_cfg, raw).cpu().numpy())
-    seconds = time.perf_counter() - started
-    maps_np, scores_np = np.concatenate(maps), np.concatenate(scores)
-    recon = score_split(detectors.build(run), sel, batch_size=batch_size, device=dev)
-    known = sel.has_mask
-    masks = sel.masks.numpy()
-    has_px = bool(np.any(masks[known]))
+    paths = [split.samples[i].relpath(Path(index.root)) for i in keep]
+    # the one evaluation path: the registry's projection detector and the plain reconstruction, same images
+    ss = scored_set(run_dir, "projection", settings=asdict(cfg), images=paths, device=str(dev), batch_size=batch_size)
+    recon = scored_set(run_dir, "reconstruction", images=paths, device=str(dev), batch_size=batch_size)
+    proj_m, recon_m = summary(ss), summary(recon)
+    energy = ss.extras["energy"].astype(np.float64)
+    seen = np.isfinite(energy).any(0)
+    seconds = float(ss.meta.get("seconds") or 0.0)
     result = {
         "run_id": run.id, "model": run.config.model, "data": run.config.data, "category": run.config.category,
         "steps": cfg.steps, "alpha": cfg.alpha, "lambda": cfg.lam, "map_mode": cfg.map_mode,
-        "n_images": len(sel), "n_diverged": diverged, "seconds": seconds, "seconds_per_image": seconds / len(sel),
-        "energy": [float(s / n) if n else None for s, n in zip(energy_sum, energy_n)],
-        "image_auroc": metrics.image_auroc(scores_np, sel.labels),
-        "image_auroc_reconstruction": metrics.image_auroc(recon.scores, sel.labels),
-        "pixel_auroc": metrics.pixel_auroc(maps_np[known], masks[known]) if has_px else None,
-        "pixel_auroc_reconstruction": metrics.pixel_auroc(recon.maps[known], masks[known]) if has_px else None,
-        "aupro": metrics.aupro(maps_np[known], masks[known]) if has_px else None,
-        "aupro_reconstruction": metrics.aupro(recon.maps[known], masks[known]) if has_px else None,
+        "n_images": len(ss), "n_diverged": int(np.count_nonzero(ss.extras["diverged_step"] >= 0)),
+        "seconds": seconds, "seconds_per_image": seconds / len(ss),
+        "energy": [float(np.nanmean(energy[:, k])) if seen[k] else None for k in range(energy.shape[1])],
+        "image_auroc": proj_m["image_auroc"], "image_auroc_reconstruction": recon_m["image_auroc"],
+        "pixel_auroc": proj_m["pixel_auroc"], "pixel_auroc_reconstruction": recon_m["pixel_auroc"],
+        "aupro": proj_m["aupro"], "aupro_reconstruction": recon_m["aupro"],
+        "scored": str(scored_set_path(run_dir, "projection", settings=asdict(cfg), images=paths)),
     }
-    if gif is not None and gif_frames:
-        vmax = max(float(torch.quantile(gif_frames[-1].diff.flatten(), 0.995)), 1e-6)
-        rendered = [annotate(projection_panel(gif_x0, f, vmax, gif_images),
-                             f"step {f.step}/{cfg.steps}  E={float(f.energy[:gif_images].mean()):.1f}") for f in gif_frames]
-        atomic_write_bytes(Path(gif), gif_bytes(rendered))
-        result["gif"] = str(gif)
-        result["gif_frames"] = len(rendered)
+    if gif is not None:
+        result.update(write_gif(run.model, split.subset(keep[:gif_images]), cfg, Path(gif), dev))
     return result
+
+
+def write_gif(model: torch.nn.Module, sel: LoadedSplit, cfg: ProjectionConfig, path: Path, device: torch.device) -> dict:
+    """An animated GIF of the projection of ``sel`` (one frame per step, step 0 = the input): rows of
+    [x0 | x_t | f(x_t) | |x_t - x0|], one colour scale (the last step's 99.5 % quantile)."""
+    x0 = sel.float_images().to(device)
+    frames = [ProjectionFrame(f.step, f.x.cpu(), f.recon.cpu(), f.diff.cpu(), f.energy.cpu(), f.rec_energy.cpu(),
+                              f.diverged.cpu(), f.diverged_step) for f in project(model, x0, cfg)]
+    vmax = max(float(torch.quantile(frames[-1].diff.flatten().float(), 0.995)), 1e-6)
+    rendered = [annotate(projection_panel(x0.cpu(), f, vmax), f"step {f.step}/{cfg.steps}  E={float(f.energy.mean()):.1f}")
+                for f in frames]
+    atomic_write_bytes(path, gif_bytes(rendered))
+    return {"gif": str(path), "gif_frames": len(rendered)}
 
 
 def select_images(root, split, wanted: list[str] | None) -> list[int]:
     """Indices of ``split`` matching ``wanted`` (paths absolute or relative to ``root``, or defect types)."""
-    from pathlib import Path
-
     if not wanted:
         return list(range(len(split)))
     out = []

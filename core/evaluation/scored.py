@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -79,6 +80,8 @@ class ScoredSet:
         dataset_defects: the dataset's own defect folders (never replaced by :meth:`with_labels`); they,
             not the current labels, make :meth:`fingerprint_data`.
         meta: anything else (score mode, size, projection settings, ...).
+        extras: the detector's per-image diagnostics (``AnomalyOutput.extras``), each ``[N, ...]``: e.g. the
+            projection's ``energy`` per step and ``diverged_step``.
     """
 
     run_id: str
@@ -94,6 +97,7 @@ class ScoredSet:
     category: str = ""
     dataset_defects: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
     _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +142,13 @@ class ScoredSet:
         put("masks", _readonly(masks) if masks is not None else None)
         put("has_mask", _readonly(has_mask))
         put("dataset_defects", ds)
+        extras = {}
+        for k, v in (self.extras or {}).items():
+            a = np.asarray(v)
+            if a.ndim == 0 or a.shape[0] != n or a.dtype == object:
+                raise ConfigError(f"extras[{k!r}] must be an array with one row per image, got {a.dtype} {a.shape}")
+            extras[str(k)] = _readonly(a)
+        put("extras", extras)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -288,7 +299,7 @@ class ScoredSet:
     @classmethod
     def from_split(cls, run_id: str, detector: str, split: Any, root: Path | str, scores: np.ndarray,
                    maps: np.ndarray | None = None, *, data: str = "", category: str = "",
-                   meta: dict[str, Any] | None = None) -> ScoredSet:
+                   meta: dict[str, Any] | None = None, extras: Mapping[str, np.ndarray] | None = None) -> ScoredSet:
         """Build from a :class:`core.data.loading.LoadedSplit` and a detector's scores / maps (any detector)."""
         root = Path(root)
         paths = [s.relpath(root) for s in split.samples]
@@ -297,7 +308,7 @@ class ScoredSet:
         masks = split.masks.numpy() if maps is not None else None
         return cls(run_id, detector, tuple(paths), tuple(defects), np.asarray(labels, np.int64),
                    np.asarray(scores, np.float64), maps, masks, np.asarray(split.has_mask, bool) if maps is not None else None,
-                   data=data, category=category or "", meta=dict(meta or {}))
+                   data=data, category=category or "", meta=dict(meta or {}), extras=dict(extras or {}))
 
 
 @dataclass
@@ -311,6 +322,7 @@ class Scored:
     scores: np.ndarray  # [N]
     maps: np.ndarray | None  # [N, H, W] float32; None for an image-level detector
     reconstructions: np.ndarray | None  # [N, C, H, W] float32
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # the detector's per-image diagnostics, [N, ...]
 
 
 @torch.no_grad()
@@ -321,6 +333,7 @@ def score_split(
     """Run ``detector`` over every image of ``split`` in batches."""
     device = device or torch.device("cpu")
     scores, maps, recons = [], [], []
+    extras: dict[str, list[np.ndarray]] = {}
     n = len(split)
     for i in range(0, n, batch_size):
         x = split.images[i : i + batch_size].to(device).float().div_(255.0)
@@ -330,6 +343,8 @@ def score_split(
             maps.append(out.anomaly_map.float().cpu().numpy())
         if out.reconstruction is not None:
             recons.append(out.reconstruction.float().cpu().numpy())
+        for k, v in (out.extras or {}).items():
+            extras.setdefault(k, []).append(v.cpu().numpy())
         if progress:
             progress(min(n, i + batch_size), n)
     c, h, w = split.images.shape[1:]
@@ -338,6 +353,7 @@ def score_split(
         np.concatenate(scores) if scores else np.zeros(0, np.float32),
         np.concatenate(maps) if maps else (None if n else np.zeros((0, h, w), np.float32)),
         np.concatenate(recons) if recons else None,
+        {k: np.concatenate(v) for k, v in extras.items()},
     )
 
 
@@ -418,12 +434,30 @@ def _file_name(spec: detectors.DetectorSpec, settings: Mapping[str, Any]) -> str
     return f"{spec.name}_{hashlib.sha1(detectors.settings_key(settings).encode()).hexdigest()[:10]}"
 
 
+def _selection(images: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The chosen images as a tuple of relative paths in the caller's order (duplicates dropped), or None = all."""
+    if images is None:
+        return None
+    sel = tuple(dict.fromkeys(str(p) for p in images))
+    if not sel:
+        raise ConfigError("no image selected")
+    return sel
+
+
+def _cache_path(run_dir: Path, spec: detectors.DetectorSpec, settings: Mapping[str, Any],
+                selection: tuple[str, ...] | None) -> Path:
+    name = _file_name(spec, settings)
+    if selection is not None:
+        name += f"@{_sha1(selection)[:10]}"
+    return run_dir / SCORED_DIR / f"{name}.npz"
+
+
 def scored_set_path(run_dir: Path | str, detector: str = "auto", projection_config: Any = None, *,
-                    settings: Mapping[str, Any] | None = None) -> Path:
-    """Where :func:`scored_set` caches: ``<run>/scored/<detector>[_<settings hash>].npz``."""
+                    settings: Mapping[str, Any] | None = None, images: Sequence[str] | None = None) -> Path:
+    """Where :func:`scored_set` caches: ``<run>/scored/<detector>[_<settings hash>][@<selection hash>].npz``."""
     run_dir = Path(run_dir)
     spec = detectors.resolve(str(_run_config(run_dir).get("model")), detector)
-    return run_dir / SCORED_DIR / f"{_file_name(spec, _settings(spec, settings, projection_config))}.npz"
+    return _cache_path(run_dir, spec, _settings(spec, settings, projection_config), _selection(images))
 
 
 def data_fingerprint(index: DatasetIndex) -> list[str]:
@@ -443,33 +477,53 @@ def data_fingerprint(index: DatasetIndex) -> list[str]:
     return parts
 
 
-def _cache_key(run_dir: Path, spec: detectors.DetectorSpec, settings: Mapping[str, Any], index: DatasetIndex) -> str:
-    """sha1 over what decides the scores: detector, its settings, checkpoint identity, test files."""
+def _cache_key(run_dir: Path, spec: detectors.DetectorSpec, settings: Mapping[str, Any], index: DatasetIndex,
+               selection: tuple[str, ...] | None = None) -> str:
+    """sha1 over what decides the scores: detector, its settings, checkpoint identity, test files, the selection."""
     ckpt = run_dir / BEST_CKPT
     try:
         st = ckpt.stat()
     except OSError:
         raise RunError(f"checkpoint {ckpt} is missing") from None
     parts = [SCORED_FORMAT, spec.name, detectors.settings_key(settings), f"ckpt|{st.st_size}|{st.st_mtime_ns}"]
+    if selection is not None:
+        parts += ["selection", *selection]
     return _sha1(parts + data_fingerprint(index))
 
 
+def select(index: DatasetIndex, split: LoadedSplit, selection: Sequence[str]) -> LoadedSplit:
+    """The images of ``split`` named by ``selection`` (paths relative to the category folder), in that order."""
+    root = Path(index.root)
+    where = {s.relpath(root): i for i, s in enumerate(split.samples)}
+    missing = [p for p in selection if p not in where]
+    if missing:
+        raise ConfigError(f"{missing[0]!r} is not a readable test image of {index.root}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return split.subset([where[p] for p in selection])
+
+
 def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any], device: str, batch_size: int | None,
-           progress: Callable[[int, int], None] | None) -> ScoredSet:
+           progress: Callable[[int, int], None] | None, selection: tuple[str, ...] | None = None) -> ScoredSet:
     dev = resolve_device(device)
     run = load_fnet(run_dir, dev) if "fnet" in spec.models else load_run(run_dir, dev)  # an f-Net is loaded frozen
     det = detectors.build(run, spec.name, settings, dev)
     index, split = load_test_split(run)
+    if selection is not None:
+        split = select(index, split, selection)
     if len(split) == 0:
         raise ConfigError(f"the test split of {run.config.data} has no readable image")
+    started = time.perf_counter()
     scored = score_split(det, split, batch_size=batch_size or spec.batch_size, device=dev, progress=progress)
+    seconds = time.perf_counter() - started
     maps = np.clip(scored.maps, -65000, 65000).astype(np.float16) if scored.maps is not None else None
     score_mode = settings.get("score_mode") or (run.config.score_mode if spec.has_map else spec.name)
     meta = {"score_mode": score_mode, "size": run.config.size, "model": run.config.model,
             "data_seed": run.config.data_seed, "n_skipped": len(split.skipped),
-            "settings": {k: v for k, v in settings.items() if k != "cache"}}
+            "settings": {k: v for k, v in settings.items() if k != "cache"}, "seconds": seconds,
+            "device": str(dev), "selection": selection is not None}
     return ScoredSet.from_split(run.id, spec.name, split, index.root, scored.scores, maps,
-                                data=run.config.data, category=run.config.category or index.category, meta=meta)
+                                data=run.config.data, category=run.config.category or index.category, meta=meta,
+                                extras=scored.extras)
 
 
 def _save(path: Path, ss: ScoredSet, key: str) -> None:
@@ -483,6 +537,7 @@ def _save(path: Path, ss: ScoredSet, key: str) -> None:
     if ss.maps is not None:
         arrays["maps"] = ss.maps
         arrays["masks"] = ss.masks if ss.masks is not None else np.zeros(ss.maps.shape, bool)
+    arrays.update({f"extra.{k}": v for k, v in ss.extras.items()})
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -501,7 +556,8 @@ def _load(path: Path, key: str) -> ScoredSet | None:
             return ScoredSet(info["run_id"], info["detector"], tuple(z["paths"].tolist()), tuple(z["defects"].tolist()),
                              z["labels"].astype(np.int64), z["scores"], maps, z["masks"] if maps is not None else None,
                              z["has_mask"], data=info.get("data") or "", category=info.get("category") or "",
-                             meta=info.get("meta") or {})
+                             meta=info.get("meta") or {},
+                             extras={f[len("extra."):]: z[f] for f in z.files if f.startswith("extra.")})
     except (OSError, KeyError, ValueError, TypeError, EOFError, json.JSONDecodeError, zipfile.BadZipFile):
         return None
 
@@ -516,6 +572,7 @@ def scored_set(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     refresh: bool = False,
+    images: Sequence[str] | None = None,
 ) -> ScoredSet:
     """The run's test split scored by ``detector``: **the one evaluation path** of the CLI and every page.
 
@@ -536,6 +593,9 @@ def scored_set(
         batch_size: scoring batch (default: the detector's).
         progress: ``progress(done, total)`` while scoring.
         refresh: ignore the caches and rescore.
+        images: score only these test images (paths relative to the category folder, as in
+            :attr:`ScoredSet.paths`), in this order; cached apart from the whole split, under
+            ``<detector>[_<settings hash>]@<selection hash>.npz``. The projection and Ano-Unet commands use this.
 
     Raises:
         core.runs.RunError: not a run or an unusable checkpoint; core.errors.DetectorError: bad detector
@@ -545,9 +605,10 @@ def scored_set(
     cfg = _run_config(run_dir)
     spec = detectors.resolve(str(cfg.get("model")), detector)
     full = _settings(spec, settings, projection_config)
-    path = run_dir / SCORED_DIR / f"{_file_name(spec, full)}.npz"
+    selection = _selection(images)
+    path = _cache_path(run_dir, spec, full, selection)
     index = open_dataset(cfg.get("data", "builtin:synthetic"), cfg.get("category"), seed=int(cfg.get("data_seed", 0)))
-    key = _cache_key(run_dir, spec, full, index)
+    key = _cache_key(run_dir, spec, full, index, selection)
     mkey = str(path.resolve())
     with _lock_for(mkey):  # one scoring per cache file at a time; a second caller then finds it cached
         if not refresh:
@@ -559,14 +620,8 @@ def scored_set(
         else:
             ss = None
         if ss is None:
-            ss = _score(run_dir, spec, full, device, batch_size, progress)
+            ss = _score(run_dir, spec, full, device, batch_size, progress, selection)
             _save(path, ss, key)
         with _LOCKS_GUARD:
             _MEMO[mkey] = (key, ss)
         return ss
-
-
-# =========================================================================== #
-# Decision record
-# =========================================================================== #
-_S, _F, _I = "str", "float", "int"

@@ -6,6 +6,7 @@ higher score = more anomalous, maps at input resolution.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
 import torch
@@ -20,11 +21,14 @@ class AnomalyOutput(NamedTuple):
             image-level detectors (the f-Net distance), which do not localize: no fake maps.
         reconstruction: ``[B, C, H, W]`` the normal-looking version of the input in [0, 1], or None
             for detectors that do not reconstruct.
+        extras: per-image diagnostics of the detector, each ``[B, ...]`` (e.g. the projection's energy per
+            step); kept in :class:`core.evaluation.scored.ScoredSet` ``extras``. None when there are none.
     """
 
     score: torch.Tensor
     anomaly_map: torch.Tensor | None
     reconstruction: torch.Tensor | None
+    extras: Mapping[str, torch.Tensor] | None = None
 
 
 class Detector(Protocol):

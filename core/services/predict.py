@@ -23,7 +23,7 @@ class Analysis:
     source_shape: tuple[int, ...] | None = None  # decoded image before conversion, (H, W) or (H, W, C)
     image: np.ndarray | None = None  # uint8 (H, W, C) at the run's size and channels
     score: float | None = None
-    amap: np.ndarray | None = None  # float32 (H, W)
+    amap: np.ndarray | None = None  # float32 (H, W); None for image-level detectors (the f-Net distance)
     recon: np.ndarray | None = None  # float32 (C, H, W) in [0, 1], None for non-reconstructing detectors
 
 
@@ -51,7 +51,7 @@ def analyze_image(run: LoadedRun, name: str, img: np.ndarray) -> Analysis:
         source_shape=tuple(img.shape),
         image=x,
         score=float(out.score[0]),
-        amap=out.anomaly_map[0].float().numpy(),
+        amap=None if out.anomaly_map is None else out.anomaly_map[0].float().numpy(),
         recon=None if recon is None else recon[0].float().clamp(0, 1).numpy(),
     )
 

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from core.config import ProjectionConfig
-from core.detectors.maps import gaussian_blur, image_scores
-from core.detectors.projection import mean_energy_curve, project, projection_map
+from core.detectors.projection import ProjectionDetector, mean_energy_curve, project
 from core.detectors.reconstruction import ReconstructionDetector
 from core.services.image_request import ImageRequest
 from core.services.jobs import JobContext
@@ -100,12 +99,10 @@ def projection_task(
         vmax = _quantile_vmax(diffs[-1].astype(np.float32), DIFF_QUANTILE)
         heat = np.stack([np.stack([heatmap(d.astype(np.float32), 0.0, vmax) for d in step]) for step in diffs])
         # The article's comparison: the plain reconstruction error against the projection map, scored alike.
-        score_cfg = detector.score
         plain = detector.predict(x0)
-        pmap = gaussian_blur(projection_map(last, x0, cfg.map_mode), score_cfg.smooth_sigma)
-        raw = (last.x - x0.float()).abs().flatten(1).sum(1) * 255.0
-        proj_scores = image_scores(pmap, score_cfg, raw)
-        recon_map, proj_map_np = plain.anomaly_map.float().cpu().numpy(), pmap.float().cpu().numpy()
+        proj = ProjectionDetector(model, cfg, detector.score).output(last, x0)  # the registry detector's map and score
+        recon_map, proj_map_np = plain.anomaly_map.float().cpu().numpy(), proj.anomaly_map.float().cpu().numpy()
+        proj_scores = proj.score
         ctx.update(step=last.step)
         return {
             "labels": list(labels),

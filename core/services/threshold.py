@@ -10,7 +10,7 @@ from typing import Any
 
 from core.detectors import registry as detectors
 from core.evaluation.curves import PRESETS, Costs, Curves, apply_rule, choose_threshold
-from core.evaluation.record import decision_record
+from core.evaluation.record import DecisionRecord, decision_record
 from core.evaluation.scored import ScoredSet, scored_set
 from core.services.jobs import JobContext
 
@@ -56,7 +56,7 @@ def rule_threshold(curves: Curves, rule: str, params: Mapping[str, Any]) -> floa
 
 
 def record_for(ss: ScoredSet, threshold: float, curves: Curves, rule: str, params: Mapping[str, Any],
-               pixel_threshold: float | None = None, note: str | None = None) -> dict[str, Any]:
+               pixel_threshold: float | None = None, note: str | None = None) -> DecisionRecord:
     """The decision record of ``threshold`` chosen by ``rule`` (``manual``, a rule or ``preset:<name>``) with ``params``."""
     preset = rule.split(":", 1)[1] if rule.startswith("preset:") else None
     base = PRESETS[preset].rule if preset else rule

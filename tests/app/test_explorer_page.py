@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import TrainConfig
 from core.evaluation.curves import Costs, choose_threshold, curves_for, operating_point
 from core.evaluation.pixel import pixel_curves
-from core.evaluation.record import decision_record, record_to_csv, record_to_json
+from core.evaluation.record import decision_record
 from core.evaluation.scored import scored_set
 from core.training.loop import fit
 from views import explorer
@@ -120,7 +120,7 @@ def test_threshold_page_decision_record_round_trip_and_mismatch(two_runs: tuple[
 
     # Import restores the choice on a fresh page.
     at2 = _open(a.name)
-    _upload(at2, "decision.json", record_to_json(record).encode())
+    _upload(at2, "decision.json", record.to_json().encode())
     assert at2.selectbox(key=explorer.KEY_RULE).value == "tpr"
     assert at2.number_input(key=explorer.KEY_MISS).value == pytest.approx(20.0)
     assert at2.session_state[explorer.KEY_T] == pytest.approx(t)
@@ -128,7 +128,7 @@ def test_threshold_page_decision_record_round_trip_and_mismatch(two_runs: tuple[
 
     # A record of another run says so.
     other = decision_record(scored_set(b), 0.5, rule="manual")
-    _upload(at2, "other.csv", record_to_csv(other).encode())
+    _upload(at2, "other.csv", other.to_csv().encode())
     assert any("does not match" in w.value for w in at2.warning)
     assert at2.selectbox(key=explorer.KEY_RULE).value == "manual"
 

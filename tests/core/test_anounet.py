@@ -267,6 +267,31 @@ def test_cli_writes_one_map_per_image(fnet_run: Path, tmp_path: Path, capsys: py
     assert "neither a test image" in capsys.readouterr().err
 
 
+def test_cli_metrics_come_from_the_one_evaluation_path(fnet_run: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from core.cli.main import main
+    from core.evaluation.curves import summary
+    from core.evaluation.scored import scored_set
+
+    ae = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="ae", size=32, base_channels=4, epochs=1,
+                         device="cpu"), tmp_path / "ae")
+    assert main(["anounet", str(fnet_run), "--limit", "4", "--epochs", "2", "--batch", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "o"), "--compare", str(ae), "--json", "--quiet"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    tests = [f"test/{r['name'].rsplit('/', 1)[0]}/" for r in m["images"]]
+    ss_ae = scored_set(ae, "reconstruction")
+    paths = [next(p for p in ss_ae.paths if p.startswith(t) and Path(p).stem == Path(r["name"]).name)
+             for t, r in zip(tests, m["images"])]
+    same = summary(scored_set(ae, "reconstruction", images=paths))
+    assert (m["pixel_auroc_compare"], m["aupro_compare"], m["image_auroc_compare"]) == \
+        (same["pixel_auroc"], same["aupro"], same["image_auroc"])
+    other = fit(TrainConfig(data="builtin:synthetic", category="mesh", model="ae", size=32, base_channels=4, epochs=1,
+                            device="cpu"), tmp_path / "ae-mesh")
+    assert main(["anounet", str(fnet_run), "--limit", "2", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "p"),
+                 "--compare", str(other), "--quiet"]) == 2
+    assert "not comparable" in capsys.readouterr().err
+
+
 def test_bench_anounet_reports_speed_and_memory() -> None:
     from core.cli import bench
 
@@ -302,3 +327,11 @@ def test_cli_trains_a_unet_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "pixel AUROC" in capsys.readouterr().out  # a reconstruction model: the usual evaluation
     run = load_run(out)
     assert isinstance(run.model, UNet) and run.model.cfg.levels == 2 and run.model.cfg.base_channels == 4
+
+
+def test_try_your_image_scores_with_an_image_level_detector(fnet_run: Path) -> None:
+    from core.detectors.fnet_distance import load_fnet
+    from core.services.predict import analyze_image
+
+    a = analyze_image(load_fnet(fnet_run, torch.device("cpu")), "photo.png", _images(1, 40).numpy()[0].transpose(1, 2, 0))
+    assert a.error is None and np.isfinite(a.score) and a.amap is None and a.image.shape == (32, 32, 3)

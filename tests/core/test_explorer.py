@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,12 +35,8 @@ from core.evaluation.pixel import (
     segmentation_overlay,
 )
 from core.evaluation.record import (
-    check_record,
+    DecisionRecord,
     decision_record,
-    record_from_csv,
-    record_from_json,
-    record_to_csv,
-    record_to_json,
 )
 from core.evaluation.scored import _MEMO, ScoredSet, scored_set, scored_set_path
 
@@ -303,19 +300,19 @@ def test_decision_record_round_trip_and_mismatches() -> None:
     c = curves_for(ss)
     t = choose_threshold(c, "cost", costs=Costs(1, 5, 0.5))
     rec = decision_record(ss, t, rule="cost", costs=Costs(1, 5, 0.5), pixel_threshold=0.2, note="line 3, shift A")
-    assert rec["threshold"] == t and rec["metrics"]["cost_per_1000"] == operating_point(c, t, Costs(1, 5, 0.5))["cost_per_1000"]
-    assert rec["pixel"]["f1"] is not None and rec["created_utc"].endswith("Z")
-    assert record_from_json(record_to_json(rec)) == rec
-    text = record_to_csv(rec)
+    assert rec.threshold == t and rec.metrics.cost_per_1000 == operating_point(c, t, Costs(1, 5, 0.5))["cost_per_1000"]
+    assert rec.pixel.f1 is not None and rec.created_utc.endswith("Z")
+    assert DecisionRecord.from_json(rec.to_json()) == rec
+    text = rec.to_csv()
     assert len(text.strip().splitlines()) == 2 and "metrics.tp" in text.splitlines()[0]
-    assert record_from_csv(text) == rec
-    assert record_from_csv(text.encode("utf-8-sig")) == rec  # Excel's BOM
-    assert check_record(rec, ss) == []
+    assert DecisionRecord.from_csv(text) == rec
+    assert DecisionRecord.from_csv(text.encode("utf-8-sig")) == rec  # Excel's BOM
+    assert rec.check(ss) == []
     # other labels, other images, other run/detector
-    msgs = check_record(rec, ss.with_labels({"test/x/001.png": 1}))
+    msgs = rec.check(ss.with_labels({"test/x/001.png": 1}))
     assert len(msgs) == 1 and "different labels" in msgs[0] and "2 defective, 4 good then; 3 defective, 3 good now" in msgs[0]
     other = ScoredSet("run-b", "projection", tuple(f"test/y/{i}.png" for i in range(6)), ss.defects, labels, ss.scores)
-    msgs = check_record(rec, other)
+    msgs = rec.check(other)
     assert any("run run-a" in m and "run-b" in m for m in msgs)
     assert any("projection" in m for m in msgs) and any("different test images" in m for m in msgs)
 
@@ -330,7 +327,7 @@ def test_decision_record_round_trip_and_mismatches() -> None:
 )
 def test_malformed_json_records(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        record_from_json(text)
+        DecisionRecord.from_json(text)
 
 
 def test_malformed_records_name_the_field() -> None:
@@ -341,19 +338,35 @@ def test_malformed_records_name_the_field() -> None:
         ({"threshold": float("inf")}, "finite"),
         ({"rule": "magic"}, "unknown rule"),
         ({"rule_params": {"target_fpr": None}}, "rule 'fpr' without"),
-        ({"metrics": {**rec["metrics"], "tp": 1.5}}, "'metrics.tp' must be an integer"),
+        ({"metrics": {**rec.to_dict()["metrics"], "tp": 1.5}}, "'metrics.tp' must be an integer"),
         ({"created_utc": "yesterday"}, "created_utc"),
+        ({"metrics": None}, "'metrics.tp' is missing"),
+        ({"costs": [1, 2]}, "'costs' must be an object"),
+        ({"rule_params": {"target_fpr": 1.5}}, r"target_fpr must be in \[0, 1\]"),
+        ({"metrics": {**rec.to_dict()["metrics"], "tpr": 1.2}}, r"metrics.tpr must be in \[0, 1\]"),
+        ({"n_good": -1}, "n_good must be >= 0"),
+        ({"costs": {"cost_fp": -2}}, "costs.cost_fp must be >= 0"),
     ]:
         with pytest.raises(ValueError, match=reason):
-            record_from_json(json.dumps({**rec, **change}))  # inf is written as Infinity
-    csv_text = record_to_csv(rec)
+            DecisionRecord.from_json(json.dumps({**rec.to_dict(), **change}))  # inf is written as Infinity
+    # the constructor is the one place a record is validated: keyword construction coerces and checks the same way
+    fields = {**rec.to_dict(), "threshold": "5", "n_images": 6.0}
+    again = DecisionRecord(**fields)
+    assert again.threshold == 5.0 and isinstance(again.n_images, int) and again == DecisionRecord.from_dict(fields)
+    with pytest.raises(ValueError, match="'n_good' must be an integer"):
+        DecisionRecord(**{**fields, "n_good": 2.5})
+    with pytest.raises(ValueError, match="not a decision record"):
+        DecisionRecord(**{**fields, "format": "other/1"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.threshold = 1.0  # type: ignore[misc]
+    csv_text = rec.to_csv()
     header, row = csv_text.strip().splitlines()
     with pytest.raises(ValueError, match="exactly one data row"):
-        record_from_csv(csv_text + row + "\n")
+        DecisionRecord.from_csv(csv_text + row + "\n")
     with pytest.raises(ValueError, match="columns"):
-        record_from_csv(header + "\n" + row + ",extra\n")
+        DecisionRecord.from_csv(header + "\n" + row + ",extra\n")
     with pytest.raises(ValueError, match="must be a number"):
-        record_from_csv(csv_text.replace(",5.0,fpr,", ",five,fpr,"))
+        DecisionRecord.from_csv(csv_text.replace(",5.0,fpr,", ",five,fpr,"))
 
 
 # ------------------------------------------------------------------------------ cache and CLI

@@ -159,6 +159,21 @@ def test_cli_project_json_and_gif(tmp_path) -> None:
         assert isinstance(m[key], float), key
     with Image.open(gif) as im:
         assert im.n_frames == 5 == m["gif_frames"]  # step 0 (the input) and one frame per step
+    # the command is a thin wrapper over the one evaluation path: the same numbers from the cached scored sets
+    from core.evaluation.curves import summary
+    from core.evaluation.scored import scored_set
+
+    ss = scored_set(run_dir, "projection", settings={"steps": 4})
+    assert Path(m["scored"]).is_file()
+    assert len(ss) > 20  # the whole split is a different cache entry from the 20 chosen images
+    from core.evaluation.projection import evaluate_projection
+
+    again = evaluate_projection(run_dir, ProjectionConfig(steps=4), images=["scratch", "good"], limit=20, device="cpu")
+    assert {k: again[k] for k in ("image_auroc", "pixel_auroc", "aupro", "energy", "n_diverged")} == \
+        {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "energy", "n_diverged")}
+    picked = ([p for p in ss.paths if p.startswith("test/scratch/")] + [p for p in ss.paths if p.startswith("test/good/")])[:20]
+    chosen = scored_set(run_dir, "projection", settings={"steps": 4}, images=picked)
+    assert summary(chosen)["pixel_auroc"] == m["pixel_auroc"] and chosen.extras["energy"].shape == (20, 5)
     r = subprocess.run([sys.executable, "-m", "core", "project", str(run_dir), "--images", "teapot"], cwd=root,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "neither a test image" in r.stderr

@@ -3,7 +3,6 @@ who lands on the wrong side, the pixel level and the decision record."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from core.evaluation.pixel import (
     pixel_metrics,
     segmentation_overlay,
 )
-from core.evaluation.record import check_record, record_to_csv, record_to_json
+from core.evaluation.record import DecisionRecord
 from core.evaluation.scored import ScoredSet
 from core.services.threshold import detector_title, record_for
 from core.viz import heatmap, heatmap_vmax, overlay
@@ -210,23 +209,23 @@ def draw_record(ss: ScoredSet, curves: Curves, t: float) -> None:
         st.text_input("Note (who decided, why)", key=KEY_NOTE)
         b1, b2 = st.columns(2)
         stem = f"decision-{ss.run_id}-{ss.detector}"
-        b1.download_button("Download JSON", record_to_json(rec), file_name=f"{stem}.json", mime="application/json",
+        b1.download_button("Download JSON", rec.to_json(), file_name=f"{stem}.json", mime="application/json",
                            icon=":material/download:", width="stretch")
-        b2.download_button("Download CSV", record_to_csv(rec), file_name=f"{stem}.csv", mime="text/csv",
+        b2.download_button("Download CSV", rec.to_csv(), file_name=f"{stem}.csv", mime="text/csv",
                            icon=":material/download:", width="stretch")
         st.caption(f"Threshold {t:.6g} ({RULE_LABELS.get(rule, rule)}), the metrics there, the costs, run `{ss.run_id}` "
-                   f"({detector_title(ss.detector)}), fingerprints of the data ({rec['data_fingerprint'][:10]}…) "
-                   f"and of the labels ({rec['label_fingerprint'][:10]}…), and the time.")
+                   f"({detector_title(ss.detector)}), fingerprints of the data ({rec.data_fingerprint[:10]}…) "
+                   f"and of the labels ({rec.label_fingerprint[:10]}…), and the time.")
     with right:
         st.file_uploader("Import a record (restores the choice)", type=["json", "csv"], key=KEY_RECORD, on_change=apply_record)
         msg = st.session_state.get(KEY_RECORD_MSG)
         if msg and msg[0] == "error":
             st.error(msg[1])
         elif msg and msg[0] == "record":
-            imported = json.loads(msg[1])
-            problems = check_record(imported, ss)
+            imported = DecisionRecord.from_json(msg[1])
+            problems = imported.check(ss)
             if problems:
                 st.warning("The imported record does not match what is shown: " + "; ".join(problems)
                            + ". Its threshold and settings were restored anyway; check before relying on them.")
             else:
-                st.success(f"Record from {imported.get('created_utc', '?')} restored: same run, data and labels.")
+                st.success(f"Record from {imported.created_utc} restored: same run, data and labels.")

@@ -3,13 +3,12 @@ the image threshold (``ui.KEY_THRESHOLD``) with the callbacks that move it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import streamlit as st
 
 from core.evaluation.curves import PRESETS, Costs, Curves, nearest_point
-from core.evaluation.record import record_from_csv, record_from_json
+from core.evaluation.record import DecisionRecord
 from core.evaluation.scored import ScoredSet
 from core.services.threshold import rule_threshold
 from views.components import ui
@@ -115,24 +114,22 @@ def apply_record() -> None:
         return
     data = f.getvalue()
     try:
-        rec = record_from_csv(data) if f.name.lower().endswith(".csv") else record_from_json(data)
+        rec = DecisionRecord.from_csv(data) if f.name.lower().endswith(".csv") else DecisionRecord.from_json(data)
     except ValueError as exc:
         st.session_state[KEY_RECORD_MSG] = ("error", f"{f.name} is not a decision record: {exc}")
         return
-    rule = rec.get("rule") or "manual"
-    preset = rec.get("preset")
-    st.session_state[KEY_RULE] = f"preset:{preset}" if preset in PRESETS else (rule if rule in RULE_LABELS else "manual")
+    st.session_state[KEY_RULE] = (f"preset:{rec.preset}" if rec.preset in PRESETS
+                                  else rec.rule if rec.rule in RULE_LABELS else "manual")
     if st.session_state[KEY_RULE] == "manual":
-        st.session_state[KEY_T] = float(rec["threshold"])
-    params, costs = rec.get("rule_params") or {}, rec.get("costs") or {}
-    if params.get("target_fpr") is not None:
-        st.session_state[KEY_FPR] = 100.0 * float(params["target_fpr"])
-    if params.get("target_tpr") is not None:
-        st.session_state[KEY_MISS] = 100.0 * (1.0 - float(params["target_tpr"]))
+        st.session_state[KEY_T] = rec.threshold
+    if rec.rule_params.target_fpr is not None:
+        st.session_state[KEY_FPR] = 100.0 * rec.rule_params.target_fpr
+    if rec.rule_params.target_tpr is not None:
+        st.session_state[KEY_MISS] = 100.0 * (1.0 - rec.rule_params.target_tpr)
     for key, name in ((KEY_COST_FP, "cost_fp"), (KEY_COST_FN, "cost_fn"), (KEY_COST_REVIEW, "cost_review")):
-        if costs.get(name) is not None:
-            st.session_state[key] = float(costs[name])
-    if (rec.get("pixel") or {}).get("threshold") is not None:
-        st.session_state[KEY_PIXEL_T] = float(rec["pixel"]["threshold"])
-    st.session_state[KEY_NOTE] = rec.get("note") or ""
-    st.session_state[KEY_RECORD_MSG] = ("record", json.dumps(rec))
+        if getattr(rec.costs, name) is not None:
+            st.session_state[key] = getattr(rec.costs, name)
+    if rec.pixel.threshold is not None:
+        st.session_state[KEY_PIXEL_T] = rec.pixel.threshold
+    st.session_state[KEY_NOTE] = rec.note or ""
+    st.session_state[KEY_RECORD_MSG] = ("record", rec.to_json())
