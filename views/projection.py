@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core.config import MAP_MODES, ProjectionConfig
+from core.config import MAP_MODES, RECONSTRUCTION_MODELS, ProjectionConfig
 from core.data.images import to_float_chw
 from core.detectors import registry as detectors
 from core.runs import LoadedRun
@@ -124,6 +124,12 @@ def main() -> None:
     st.title("Projection")
     run = ui.require_run(ui.selection())
     if run is None:
+        return
+    if run.config.model not in RECONSTRUCTION_MODELS:
+        st.info(f"The projection moves an image towards what a **reconstruction** model finds normal: it needs an AE or "
+                f"VAE run. The selected run is {run.config.model.upper()}; choose an AE or VAE run in the sidebar, or "
+                "train one on the Train page.")
+        st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
         return
     st.caption("Iterative energy-based projection (Dehaene et al., ICLR 2020): instead of comparing an image with its blurry "
                "reconstruction, move the image towards what the model finds normal while changing as few pixels as possible. "

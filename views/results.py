@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.config import FEATURE_MODELS
 from core.data.index import DatasetError
 from core.runs import LoadedRun
 from core.services.latent import shows_latent
@@ -47,8 +48,10 @@ def draw_header(run: LoadedRun, view: dict[str, Any]) -> None:
     n, n_def, n_unknown = len(view["scores"]), int((view["labels"] == 1).sum()), int((view["labels"] < 0).sum())
     st.caption(
         f"Run `{run.id}` · {cfg.model.upper()} · {cfg.data} / {cfg.category} · {cfg.size} px, "
-        f"{cfg.channels} channel{'s' if cfg.channels != 1 else ''} · best epoch {run.epoch} · "
-        f"score: {cfg.score_mode} · {n} test images ({n_def} defective"
+        f"{cfg.channels} channel{'s' if cfg.channels != 1 else ''} · "
+        + (f"fitted on ImageNet features ({cfg.feature_backbone}) · score: largest patch distance · "
+           if cfg.model in FEATURE_MODELS else f"best epoch {run.epoch} · score: {cfg.score_mode} · ")
+        + f"{n} test images ({n_def} defective"
         + (f", {n_unknown} without a label: left out of the metrics" if n_unknown else "") + ")"
         + (f" · labels: {ui.LABEL_SOURCE_NAMES[view['label_source']]}" if view.get("label_source") else "")
     )

@@ -14,6 +14,8 @@ from views.components import jobs_view, ui
 KEY_CONFIRM_DELETE = "train_confirm_delete"
 KEY_DELETE_ERROR = "train_delete_error"
 SIZES = (32, 64, 128, 256)
+MODEL_LABELS = {"patchcore": "PatchCore (features)", "padim": "PaDiM (features)", "ae": "Autoencoder (AE)",
+                "vae": "Variational AE (VAE)"}
 
 
 def settings_ui(sel: ui.Selection) -> TrainConfig | None:
@@ -22,10 +24,13 @@ def settings_ui(sel: ui.Selection) -> TrainConfig | None:
     with st.form("train_form", border=True):
         st.markdown(f"**Data:** `{sel.data}` · category **{sel.category}** (change it in the sidebar)")
         c1, c2, c3, c4 = st.columns(4)
-        model = c1.radio("Model", ["ae", "vae"], index=1 if digits else 0, key="train_model",
-                         format_func=lambda m: {"ae": "Autoencoder (AE)", "vae": "Variational AE (VAE)"}[m])
+        model = c1.radio("Model", list(MODEL_LABELS), index=3 if digits else 0, key="train_model",
+                         format_func=MODEL_LABELS.get,
+                         help="PatchCore and PaDiM compare ImageNet features (EfficientNet-Lite0, shipped with the app) "
+                              "with those of the good images: one pass, no epochs, the same result on a busy CPU. "
+                              "The AE and VAE learn to reconstruct the good images.")
         size = c2.selectbox("Image size (px)", SIZES, index=0 if digits else 2, key="train_size")
-        epochs = c3.number_input("Epochs (max)", 1, 5000, 30 if digits else 100, key="train_epochs")
+        epochs = c3.number_input("Epochs (max; AE, VAE)", 1, 5000, 30 if digits else 40, key="train_epochs")
         patience = c4.number_input("Early-stopping patience", 1, 1000, 20, key="train_patience",
                                    help="Stop after this many epochs without a better validation loss.")
         c1, c2, c3, c4 = st.columns(4)
@@ -42,17 +47,20 @@ def settings_ui(sel: ui.Selection) -> TrainConfig | None:
                                  help="auto: fp16/bf16 mixed precision on a GPU, bf16 on CPUs with native bf16, else fp32.")
         minutes = c3.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key="train_minutes")
         augment = c4.toggle("Augment (crops, flips)", value=False, key="train_augment")
+        ratio = c1.number_input("Coreset share (PatchCore)", 0.001, 1.0, 0.01, step=0.005, format="%.3f",
+                                key="train_coreset", help="Share of the good images' patches kept in the memory bank.")
+        st.caption("PatchCore / PaDiM: epochs, patience, batch, learning rate, precision, time budget and augmentation "
+                   "do not apply (no training, one pass over the good images).")
         start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
     if not start:
         return None
     cfg = TrainConfig(data=sel.data, category=sel.category, model=model, size=int(size), epochs=int(epochs),
                       patience=int(patience), batch_size=int(batch), lr=float(lr), z_dim=int(z_dim), seed=int(seed),
                       device=device, precision=precision, max_minutes=float(minutes), augment=augment,
-                      crop_scale=1.15 if augment else 1.0)
+                      crop_scale=1.15 if augment else 1.0, coreset_ratio=float(ratio))
     try:
         cfg.validate()
         if model == "ae":
-
             AEConfig(depth=cfg.depth).validate(cfg.size)
     except ValueError as exc:
         st.error(f"These settings cannot train: {exc}")
@@ -96,8 +104,8 @@ def _delete(path: Path) -> None:
 
 
 st.title("Train")
-st.caption("Models learn from the normal (good) training images only; 20% of them are held out for validation "
-           "and early stopping. Training runs in the background: switch pages or reload, it goes on.")
+st.caption("Models learn from the normal (good) training images only (the AE and VAE hold 20% of them out for "
+           "validation and early stopping). Training runs in the background: switch pages or reload, it goes on.")
 selection = ui.selection()
 if ui.require_dataset(selection) is not None:
     config = settings_ui(selection)

@@ -10,6 +10,13 @@ article writes it (PIL decode + torchvision transforms in a DataLoader every epo
 ``loss.item()`` every batch), same model, data, batch size and epochs. Optionally both are trained
 longer and their test image AUROC compared.
 
+``patchcore``: fit (features + coreset) and scoring of PatchCore on a dataset against the same written
+the straightforward way (full fp32 greedy coreset on the whole bank, ``torch.cdist`` scoring), one run of
+each; image AUROC and peak memory of both (see :func:`bench_patchcore`).
+
+``detectors``: the README's detector table: every detector's image / pixel AUROC and AUPRO on one dataset
+with fixed settings (:data:`TABLE_SETTINGS`).
+
 ``threshold``: milliseconds per threshold change of the ROC/threshold explorer (every metric the page
 shows, from the precomputed curves of :mod:`core.explorer`) against recomputing them from the raw
 scores and maps (see :func:`bench_threshold`).
@@ -40,6 +47,7 @@ from core.data.loading import clear_cache, detect_channels, load_split
 from core.detectors.anounet import AnoUnet
 from core.detectors.fnet_distance import load_fnet
 from core.detectors.maps import gaussian_blur
+from core.detectors.patchcore import greedy_coreset_reference
 from core.detectors.projection import run_projection
 from core.detectors.reconstruction import ReconstructionDetector
 from core.device import autocast, resolve_precision
@@ -55,10 +63,12 @@ from core.evaluation.curves import (
     false_positives,
     iso_cost_line,
     operating_point,
+    summary,
 )
 from core.evaluation.pixel import build_pixel_curves, pixel_metrics
-from core.evaluation.scored import score_split
+from core.evaluation.scored import score_split, scored_set
 from core.models import ConvVAE, build_model
+from core.models.backbone import get_backbone
 from core.models.fnet import FNet
 from core.models.unet import UNet
 from core.runs import load_run
@@ -165,8 +175,125 @@ def bench_train(data: str, category: str | None, size: int, epochs: int, batch_s
     return result
 
 
+def _reference_patchcore(data: str, category: str | None, size: int, ratio: float, seed: int = 0) -> dict[str, Any]:
+    """PatchCore written the straightforward way: the same features, a greedy coreset with full fp32
+    distance updates on the whole bank (``torch.linalg.norm(bank - c)`` per step) and ``torch.cdist`` scoring."""
+    index = open_dataset(data, category)
+    train, test = load_split(index, "train", size, 3), load_split(index, "test", size, 3)
+    backbone = get_backbone()
+    t0 = time.perf_counter()
+
+    def feats(images: torch.Tensor) -> torch.Tensor:
+        out = [backbone.features(images[i : i + 16].float() / 255.0, (1, 2), input_size=size) for i in range(0, len(images), 16)]
+        return torch.cat(out)
+
+    f = feats(train.images)
+    bank = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+    t_feat = time.perf_counter()
+    keep = greedy_coreset_reference(bank, math.ceil(ratio * len(bank)), seed=seed)
+    coreset = bank[keep]
+    t_fit = time.perf_counter()
+    ft = feats(test.images)
+    b, d, h, w = ft.shape
+    dist = torch.cdist(ft.permute(0, 2, 3, 1).reshape(b, h * w, d), coreset[None].expand(b, -1, -1)).min(2).values
+    scores = dist.max(1).values.numpy()
+    t_end = time.perf_counter()
+    return {"seconds": t_end - t0, "features_seconds": t_feat - t0, "coreset_seconds": t_fit - t_feat,
+            "score_seconds": t_end - t_fit, "image_auroc": metrics.image_auroc(scores, test.labels),
+            "bank_size": int(len(keep)), "patches": int(len(bank))}
+
+
+def bench_patchcore(data: str, category: str | None, size: int, ratio: float = 0.01) -> dict[str, Any]:
+    """Fit + score of :mod:`core.training.features` / :func:`core.evaluation.scored.scored_set` against
+    :func:`_reference_patchcore`, the same data, backbone, layers and coreset ratio; peak RSS growth of each."""
+    out: dict[str, Any] = {"benchmark": "patchcore", "data": data, "category": category, "size": size,
+                           "coreset_ratio": ratio, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        clear_cache()
+        reset = _reset_peak_rss()
+        base, _ = _peak_rss_kib()
+        t0 = time.perf_counter()
+        run_dir = fit(TrainConfig(data=data, category=category, model="patchcore", size=size, coreset_ratio=ratio,
+                                  device="cpu"), Path(tmp) / "patchcore")
+        t_fit = time.perf_counter()
+        ss = scored_set(run_dir, "patchcore")
+        t_end = time.perf_counter()
+        peak, _ = _peak_rss_kib()
+        stats = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)["fit"]
+        m = summary(ss)
+        out["project"] = {"seconds": t_end - t0, "fit_seconds": t_fit - t0, "score_seconds": t_end - t_fit,
+                          "features_seconds": stats["backbone_seconds"], "coreset_seconds": stats["coreset_seconds"],
+                          "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
+                          "bank_size": stats["bank_size"], "patches": stats["patches"],
+                          "peak_rss_growth_mib": (peak - base) / 1024.0 if reset else None}
+    clear_cache()
+    reset = _reset_peak_rss()
+    base, _ = _peak_rss_kib()
+    out["reference"] = _reference_patchcore(data, category, size, ratio)
+    peak, _ = _peak_rss_kib()
+    out["reference"]["peak_rss_growth_mib"] = (peak - base) / 1024.0 if reset else None
+    p, r = out["project"], out["reference"]
+    out["speedup"] = r["seconds"] / p["seconds"]
+    out["coreset_speedup"] = r["coreset_seconds"] / max(p["coreset_seconds"], 1e-9)
+    out["image_auroc_difference"] = None if p["image_auroc"] is None or r["image_auroc"] is None else p["image_auroc"] - r["image_auroc"]
+    out["targets"] = {"speedup >= 5": out["speedup"] >= 5,
+                      "same image AUROC (+-0.005)": out["image_auroc_difference"] is not None and abs(out["image_auroc_difference"]) <= 0.005,
+                      "fit + score <= 60 s": p["seconds"] <= 60}
+    return out
+
+
+# The fixed settings of the detector table (bench detectors): what each row's run is.
+TABLE_SETTINGS = {
+    "ae": {"model": "ae", "epochs": 30},
+    "fnet": {"model": "fnet", "epochs": 15, "size": 64},
+    "patchcore": {"model": "patchcore"},
+    "padim": {"model": "padim"},
+}
+TABLE_DETECTORS = [  # (run, detector, settings, label)
+    ("ae", "reconstruction", {"normalize": False}, "AE, reconstruction error"),
+    ("ae", "reconstruction", {"normalize": True}, "AE, normalized reconstruction error"),
+    ("ae", "projection", {}, "AE, iterative projection (25 steps)"),
+    ("fnet", "fnet-distance", {}, "f-Net distance to C (64 px)"),
+    ("patchcore", "patchcore", {}, "PatchCore (Lite0, 1% coreset)"),
+    ("padim", "padim", {}, "PaDiM (Lite0, 100 channels)"),
+]
+
+
+def bench_detectors(data: str, category: str | None, size: int, epochs: int | None = None) -> dict[str, Any]:
+    """Image / pixel AUROC and AUPRO of every detector on one dataset, each fitted with :data:`TABLE_SETTINGS`
+    at ``size`` (the AE at most 128 px; ``epochs`` overrides its 30), scored through the one evaluation path;
+    a markdown row per detector."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_by: dict[str, Path] = {}
+        for key, kw in TABLE_SETTINGS.items():
+            kw = {"size": min(size, 128) if key == "ae" else size, **kw}  # the AE at most 128 px (its training cost)
+            if key == "ae" and epochs:
+                kw["epochs"] = epochs
+            t0 = time.perf_counter()
+            runs_by[key] = fit(TrainConfig(data=data, category=category, device="cpu", patience=kw.get("epochs", 1), **kw),
+                               Path(tmp) / key)
+            rows.append({"fit": key, "seconds": time.perf_counter() - t0})
+        fits = {r["fit"]: r["seconds"] for r in rows}
+        rows = []
+        for key, det, settings, label in TABLE_DETECTORS:
+            t0 = time.perf_counter()
+            m = summary(scored_set(runs_by[key], det, settings=settings))
+            rows.append({"detector": det, "settings": settings, "label": label, "image_auroc": m["image_auroc"],
+                         "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"], "fit_seconds": fits[key],
+                         "score_seconds": time.perf_counter() - t0, "n_images": m["n_images"], "n_defective": m["n_defective"]})
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    where = f"{data} / {category}" if category else data
+    table = [f"| {where} | {r['label']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} |" for r in rows]
+    return {"benchmark": "detectors", "data": data, "category": category, "size": size, "rows": rows, "markdown": table}
+
+
 def run(what: str, **kwargs: Any) -> dict[str, Any]:
     """Run the benchmark named ``what``."""
+    if what == "detectors":
+        return bench_detectors(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("epochs"))
+    if what == "patchcore":
+        return bench_patchcore(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs.get("coreset_ratio") or 0.01)
     if what == "train":
         return bench_train(kwargs["data"], kwargs.get("category"), kwargs["size"], kwargs["epochs"],
                            kwargs["batch_size"], kwargs.get("quality_epochs", 0))

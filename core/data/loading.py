@@ -164,3 +164,12 @@ def augment_batch(
         flip = torch.rand(b, generator=generator) < 0.5
         batch = torch.where(flip.view(b, 1, 1, 1).to(batch.device), batch.flip(2), batch)
     return batch
+
+
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation images: a seeded permutation, at least one of each when n >= 2."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction)) if n >= 2 else 0
+    if fraction > 0 and n >= 2:
+        n_val = max(1, min(n_val, n - 1))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

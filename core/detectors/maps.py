@@ -47,3 +47,14 @@ def image_scores(maps: torch.Tensor, cfg: ScoreConfig, raw_diff_sum: torch.Tenso
     if raw_diff_sum is None:
         raise ConfigError("score mode 'sum' needs the raw difference sum")
     return raw_diff_sum
+
+
+def interior(maps: torch.Tensor, margin: float) -> torch.Tensor:
+    """``maps`` ``[B, h, w]`` without a border of ``margin`` (a fraction of each side, rounded to whole cells).
+
+    Feature detectors score only the interior: a CNN's border features see its zero padding, so border patches
+    look rare on every image, good ones included (the papers' 256 -> 224 centre crop has the same effect: 1/16).
+    """
+    h, w = maps.shape[-2:]
+    mh, mw = min(int(round(margin * h)), (h - 1) // 2), min(int(round(margin * w)), (w - 1) // 2)
+    return maps[..., mh : h - mh, mw : w - mw]

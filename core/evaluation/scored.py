@@ -516,7 +516,8 @@ def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any]
     scored = score_split(det, split, batch_size=batch_size or spec.batch_size, device=dev, progress=progress)
     seconds = time.perf_counter() - started
     maps = np.clip(scored.maps, -65000, 65000).astype(np.float16) if scored.maps is not None else None
-    score_mode = settings.get("score_mode") or (run.config.score_mode if spec.has_map else spec.name)
+    score_mode = settings.get("score_mode") or (run.config.score_mode if any(s.name == "score_mode" for s in spec.settings)
+                                                else spec.name)
     meta = {"score_mode": score_mode, "size": run.config.size, "model": run.config.model,
             "data_seed": run.config.data_seed, "n_skipped": len(split.skipped),
             "settings": {k: v for k, v in settings.items() if k != "cache"}, "seconds": seconds,

@@ -8,6 +8,7 @@ from core.config import TRAINABLE_MODELS, AEConfig, FNetConfig, UNetConfig, VAEC
 from core.errors import ConfigError
 from core.models.autoencoder import ConvAutoencoder
 from core.models.contract import AnomalyOutput, Detector
+from core.models.feature_models import FeatureConfig, PaDiMModel, PatchCoreModel
 from core.models.fnet import FNet
 from core.models.unet import UNet
 from core.models.vae import ConvVAE
@@ -29,6 +30,9 @@ def build_model(name: str, arch: dict) -> nn.Module:
     if name == "unet":
         return UNet(UNetConfig(**arch))
     if name == "fnet":
-
         return FNet(FNetConfig(**arch))
+    if name == "patchcore":
+        return PatchCoreModel(FeatureConfig(**arch))
+    if name == "padim":
+        return PaDiMModel(FeatureConfig(**arch))
     raise ConfigError(f"unknown model {name!r}; available: {', '.join(TRAINABLE_MODELS)}")

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from core.config import FNetConfig
 from core.errors import ConfigError
+from core.models.backbone import lite0_trunk, load_lite0
 
 MOBILENET_GLOB = "mobilenet_v2-*.pth"
 
@@ -43,6 +44,10 @@ class FNet(nn.Module):
             self.features = nn.Sequential(*layers)
             feat = cin
             mean, std = (0.5,) * cfg.in_channels, (0.25,) * cfg.in_channels
+        elif cfg.backbone == "lite0":  # the trunk's structure; training copies the packaged ImageNet weights in
+            self.features = lite0_trunk(load_lite0(random_init=True))
+            feat = 320
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         else:
             from torchvision.models import mobilenet_v2
 
@@ -57,7 +62,7 @@ class FNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """F(x): the L2-normalized embedding, ``[B, embed_dim]``."""
-        if self.cfg.backbone == "mobilenet_v2" and x.shape[1] == 1:
+        if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h = self.features((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
         pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)

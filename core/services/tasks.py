@@ -28,7 +28,7 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
     def task(ctx: JobContext) -> dict[str, Any]:
         def on_progress(p: Progress) -> None:
             if p.phase == "batch":
-                ctx.update(phase="training", batch=p.batch, batches=p.batches, epoch_running=p.epoch)
+                ctx.update(phase=p.message or "training", batch=p.batch, batches=p.batches, epoch_running=p.epoch)
                 return
             update: dict[str, Any] = {"epoch": p.epoch, "epochs": p.epochs, "history": p.history}
             if p.phase == "epoch":
@@ -44,7 +44,6 @@ def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool 
         ctx.update(run_dir=str(out))
         result: dict[str, Any] = {"run_dir": str(out)}
         if evaluate:
-
             ctx.update(phase="scoring the test images")
             result["metrics"] = evaluate_run(out, device=cfg.device)
         ctx.update(phase="done")

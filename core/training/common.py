@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.config import TrainConfig
+from core.data.loading import split_train_val
+
+__all__ = ["Objective", "Progress", "ProgressFn", "split_train_val", "stop_reason"]
 
 
 @dataclass
@@ -31,15 +34,6 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and validation images: a seeded permutation, at least one of each when n >= 2."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * fraction)) if n >= 2 else 0
-    if fraction > 0 and n >= 2:
-        n_val = max(1, min(n_val, n - 1))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def stop_reason(cfg: TrainConfig, epoch: int, best_epoch: int, elapsed: float) -> str | None:

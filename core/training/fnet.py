@@ -39,6 +39,7 @@ from core.data.loading import augment_batch, load_split
 from core.data.references import paste_defects, reference_sets
 from core.device import autocast
 from core.errors import ConfigError
+from core.models.backbone import lite0_trunk, lite0_weight_file, load_lite0
 from core.models.fnet import (
     FNet,
     embed_images,
@@ -130,6 +131,9 @@ class FNetObjective(Objective):
         if cfg.backbone == "mobilenet_v2":
             backbone_file = find_mobilenet_weights(cfg.backbone_weights)
             load_backbone_weights(model, backbone_file)
+        elif cfg.backbone == "lite0":  # start from the packaged ImageNet weights; the f-Net loss fine-tunes them
+            backbone_file = lite0_weight_file()
+            model.features.load_state_dict(lite0_trunk(load_lite0()).state_dict())
         # Fixed validation set: held-out normals, their pastes (fixed seed), a fixed reference sample.
         vrng = np.random.default_rng(cfg.seed + 12345)
         self.val_pastes, _ = paste_defects(self.val_normals, self.donors, vrng)

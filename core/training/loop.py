@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core import runs
-from core.config import TrainConfig
+from core.config import FEATURE_MODELS, TrainConfig
 from core.data.builtin import open_dataset
 from core.data.index import DatasetIndex
 from core.data.loading import augment_batch, detect_channels, load_split
@@ -36,6 +36,7 @@ from core.training.common import (
     split_train_val,
     stop_reason,
 )
+from core.training.features import fit_features
 from core.training.fnet import FNetObjective
 
 
@@ -143,6 +144,10 @@ def fit(
         FloatingPointError: training diverged.
     """
     cfg.validate()
+    if cfg.model in FEATURE_MODELS:  # fitted in one pass over the data, no epochs: its own short procedure
+        if resume:
+            raise ConfigError(f"--resume is not supported for {cfg.model} runs; fit it again (one pass over the data)")
+        return fit_features(cfg, run_dir, progress=progress, stop=stop)
     objective = objective_for(cfg)
     if resume and not objective.resumable:
         raise ConfigError(f"--resume is not supported for {cfg.model} runs; train it again (it takes minutes)")

@@ -39,6 +39,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ae": fit(TrainConfig(model="ae", base_channels=8, depth=3, epochs=8, **common), root / "ae"),
         "fnet": fit(TrainConfig(model="fnet", base_channels=8, fnet_stages=3, fnet_embed_dim=16,
                                 fnet_references="paste", epochs=4, **common), root / "fnet"),
+        "patchcore": fit(TrainConfig(model="patchcore", feature_size=64, coreset_ratio=0.1, **common), root / "patchcore"),
+        "padim": fit(TrainConfig(model="padim", feature_size=64, padim_channels=32, **common), root / "padim"),
     }
 
 
@@ -54,6 +56,8 @@ def _normal_and_defective() -> torch.Tensor:
 def test_registry_lists_detectors_per_kind_of_run() -> None:
     assert [s.name for s in registry.supported("ae")] == ["reconstruction", "projection"]
     assert [s.name for s in registry.supported("fnet")] == ["fnet-distance", "anounet"]
+    assert [s.name for s in registry.supported("patchcore")] == ["patchcore"]
+    assert [s.name for s in registry.supported("padim")] == ["padim"]
     assert registry.default_name("vae") == "reconstruction" and registry.default_name("fnet") == "fnet-distance"
     assert registry.get("fnet").name == "fnet-distance"  # the earlier name still works
     with pytest.raises(DetectorError, match="unknown detector 'magic'"):
@@ -78,7 +82,7 @@ def test_settings_are_parsed_and_checked() -> None:
 @pytest.mark.parametrize("name", [s.name for s in registry.REGISTRY.values()])
 def test_every_detector_keeps_the_contract(runs: dict[str, Path], name: str) -> None:
     spec = registry.get(name)
-    run = load_run(runs["fnet" if "fnet" in spec.models else "ae"])
+    run = load_run(runs[next(m for m in ("ae", *spec.models) if m in runs and m in spec.models)])
     det = registry.build(run, name, FAST.get(name))
     x = _normal_and_defective()
     with torch.no_grad():
@@ -147,3 +151,20 @@ def test_cli_results_and_threshold_sources_agree(runs: dict[str, Path], detector
     threshold = {"image_auroc": curves_for(ss).auroc, "pixel_auroc": pixel_curves(ss).pixel_auroc}
     for key in ("image_auroc", "pixel_auroc"):
         assert cli[key] == results[key] == threshold[key], key
+
+
+def test_normalized_reconstruction_standardizes_by_held_out_normals(runs: dict[str, Path]) -> None:
+    from core.detectors.reconstruction import STD_FLOOR, run_normal_error
+
+    run = load_run(runs["ae"])
+    plain = registry.build(run, "reconstruction", {"normalize": False})
+    norm = registry.build(run, "reconstruction", {"normalize": True})
+    stats = run_normal_error(run, plain.score)
+    assert stats.n_images >= 2 and stats.mean.shape == (32, 32) and float(stats.std.min()) >= 0
+    assert run_normal_error(run, plain.score) is stats  # cached per run, checkpoint and score settings
+    x = _normal_and_defective()
+    with torch.no_grad():
+        p, n = plain.predict(x), norm.predict(x)
+    std = torch.maximum(stats.std, STD_FLOOR * stats.std.mean())
+    assert torch.allclose(n.anomaly_map, ((p.anomaly_map - stats.mean) / std).clamp_min(0), atol=1e-5)
+    assert (n.score[4:] > n.score[:4]).all() and float(n.anomaly_map.min()) >= 0

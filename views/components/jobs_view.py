@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import RECONSTRUCTION_MODELS, TrainConfig
+from core.config import DETECTOR_MODELS, FEATURE_MODELS, TrainConfig
 from core.data.images import to_uint8_hwc
 from core.services.jobs import JobSnapshot
 from core.services.tasks import training_task
@@ -18,10 +18,14 @@ from views.components import ui
 KEY_SEEN_RUNNING = "train_jobs_seen_running"
 
 
+KEY_SESSION_JOBS = "train_session_jobs"  # every training job this session started (Home shows them all)
+
+
 def start_training(cfg: TrainConfig, title: str) -> str:
     """Start a training job in the process-wide registry; remember it for this session."""
     job = ui.job_registry().start("train", title, training_task(cfg), config=cfg.__dict__)
-    st.session_state[ui.KEY_TRAIN_JOB] = job.id
+    st.session_state[ui.KEY_TRAIN_JOB] = job.id  # the latest: its run is selected in the sidebar when it ends
+    st.session_state.setdefault(KEY_SESSION_JOBS, []).append(job.id)
     return job.id
 
 
@@ -69,7 +73,10 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             frac_epoch = (int(s.get("batch", 0) or 0) / batches) if batches and s.get("epoch_running", 0) > epoch else 0.0
             frac = min(1.0, (epoch + frac_epoch) / epochs) if epochs else 0.0
             phase = s.get("phase", "starting")
-            if epochs:
+            if s.get("config", {}).get("model") in FEATURE_MODELS:  # one pass, no epochs
+                frac = int(s.get("batch", 0) or 0) / batches if batches else 0.0
+                text = f"{phase} · batch {s.get('batch', 0)}/{batches or '?'} · elapsed {_fmt_seconds(snap.seconds)}"
+            elif epochs:
                 text = f"{phase} · epoch {epoch}/{epochs} · elapsed {_fmt_seconds(snap.seconds)} · ETA {_fmt_seconds(s.get('eta_seconds'))}"
             else:
                 text = f"{phase}… · elapsed {_fmt_seconds(snap.seconds)}"
@@ -80,9 +87,11 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             result = snap.result or {}
             m = result.get("metrics") or {}
             verdict = "stopped" if snap.status == "stopped" else "finished"
-            st.success(f"Training {verdict} after {epoch} epoch(s) in {_fmt_seconds(snap.seconds)} · "
+            done = (f"Fitting {verdict} in {_fmt_seconds(snap.seconds)}" if s.get("config", {}).get("model") in FEATURE_MODELS
+                    else f"Training {verdict} after {epoch} epoch(s) in {_fmt_seconds(snap.seconds)}")
+            st.success(f"{done} · "
                        f"image AUROC {ui.fmt_metric(m.get('image_auroc'))} · pixel AUROC {ui.fmt_metric(m.get('pixel_auroc'))}")
-        history = s.get("history") or []
+        history = [h for h in s.get("history") or [] if "train_loss" in h]  # feature models have no losses
         if history:
             left, right = st.columns([3, 2])
             left.plotly_chart(loss_figure(history), key=f"loss-{snap.id}-{len(history)}-{snap.status}", config={"displayModeBar": False})
@@ -99,9 +108,10 @@ def live_jobs(*, only_session: bool = False) -> None:
     @st.fragment(run_every=0.5 if any_running else None)
     def _view() -> None:
         mine = st.session_state.get(ui.KEY_TRAIN_JOB)
+        ours = set(st.session_state.get(KEY_SESSION_JOBS, [])) | {mine}
         snaps = [s for s in registry.snapshots("train") if s.running or s.id == mine]
         if only_session:
-            snaps = [s for s in snaps if s.id == mine]
+            snaps = [s for s in registry.snapshots("train") if s.id in ours]
         seen = st.session_state.setdefault(KEY_SEEN_RUNNING, set())
         ended = [s.id for s in snaps if not s.running and s.id in seen]
         for snap in snaps:
@@ -111,7 +121,7 @@ def live_jobs(*, only_session: bool = False) -> None:
         if ended:  # a job finished: select its run in the sidebar and refresh the whole page once
             seen.difference_update(ended)
             own = next((s for s in snaps if s.id == mine and s.id in ended and s.state.get("run_dir")), None)
-            if own is not None and own.state.get("config", {}).get("model") in RECONSTRUCTION_MODELS:
+            if own is not None and own.state.get("config", {}).get("model") in DETECTOR_MODELS:
                 st.session_state[ui.PERSIST_PREFIX + ui.KEY_RUN] = Path(own.state["run_dir"]).name
             st.rerun(scope="app")
 

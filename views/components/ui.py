@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.config import RECONSTRUCTION_MODELS
+from core.config import DETECTOR_MODELS
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels
 from core.data.index import DatasetError, DatasetIndex
@@ -227,7 +227,7 @@ def _sidebar() -> Selection:
             st.session_state[KEY_CATEGORY] = cats[0]
         category = st.selectbox("Category", cats, key=KEY_CATEGORY, on_change=_remember, args=(KEY_CATEGORY,))
         st.markdown("### Model")
-        runs = [r for r in run_summaries() if r["has_model"] and r["config"].get("model") in RECONSTRUCTION_MODELS
+        runs = [r for r in run_summaries() if r["has_model"] and r["config"].get("model") in DETECTOR_MODELS
                 and same_data(r["config"], spec, category)]  # f-Net/U-Net runs are not detectors for these pages
         ids = [r["id"] for r in runs]
         if not ids:
