@@ -50,7 +50,9 @@ def draw_header(run: LoadedRun, view: dict[str, Any]) -> None:
         f"Run `{run.id}` · {cfg.model.upper()} · {cfg.data} / {cfg.category} · {cfg.size} px, "
         f"{cfg.channels} channel{'s' if cfg.channels != 1 else ''} · "
         + (f"fitted on ImageNet features ({cfg.feature_backbone}) · score: largest patch distance · "
-           if cfg.model in FEATURE_MODELS else f"best epoch {run.epoch} · score: {cfg.score_mode} · ")
+           if cfg.model in FEATURE_MODELS else f"best epoch {run.epoch} · score: {cfg.score_mode}"
+           + (" of the error standardized per pixel by held-out good images"
+              if view["scored"].meta.get("settings", {}).get("normalize") else "") + " · ")
         + f"{n} test images ({n_def} defective"
         + (f", {n_unknown} without a label: left out of the metrics" if n_unknown else "") + ")"
         + (f" · labels: {ui.LABEL_SOURCE_NAMES[view['label_source']]}" if view.get("label_source") else "")

@@ -38,8 +38,7 @@ def test_train_page_starts_a_job_and_the_run_appears() -> None:
     at.switch_page("views/train.py").run()
     at.sidebar.selectbox(key=ui.KEY_CATEGORY).set_value("fabric").run()
     at.selectbox(key="train_size").set_value(32)
-    at.radio(key="train_model").set_value("ae")
-    at.number_input(key="train_epochs").set_value(2)
+    assert at.radio(key="train_model").value == "patchcore"  # the default: one pass, no epochs (the e2e test trains an AE)
     at.button[0].click()  # the form's submit button is the first button on the page
     at.run()
     assert not at.exception
@@ -53,7 +52,7 @@ def test_train_page_starts_a_job_and_the_run_appears() -> None:
     run_id = Path(snap.state["run_dir"]).name
     assert any("run" in df.value.columns and run_id in df.value["run"].tolist() for df in at.dataframe)
     assert at.sidebar.selectbox(key=ui.KEY_RUN).value == run_id
-    assert "fabric" in run_id and "-ae-" in run_id
+    assert "fabric" in run_id and "-patchcore-" in run_id
     at.switch_page("views/home.py").run()  # the sidebar choice survives a page switch
     assert at.sidebar.selectbox(key=ui.KEY_CATEGORY).value == "fabric"
 
