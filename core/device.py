@@ -64,3 +64,11 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def module_device(model: torch.nn.Module) -> torch.device:
+    """Where a module's tensors live: its first parameter, else its first buffer (feature models hold only
+    buffers), else the CPU."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")

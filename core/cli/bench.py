@@ -263,7 +263,7 @@ def bench_detectors(data: str, category: str | None, size: int, epochs: int | No
     """Image / pixel AUROC and AUPRO of every detector on one dataset, each fitted with :data:`TABLE_SETTINGS`
     at ``size`` (the AE at most 128 px; ``epochs`` overrides its 30), scored through the one evaluation path;
     a markdown row per detector."""
-    rows = []
+    rows, fits = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         runs_by: dict[str, Path] = {}
         for key, kw in TABLE_SETTINGS.items():
@@ -273,9 +273,7 @@ def bench_detectors(data: str, category: str | None, size: int, epochs: int | No
             t0 = time.perf_counter()
             runs_by[key] = fit(TrainConfig(data=data, category=category, device="cpu", patience=kw.get("epochs", 1), **kw),
                                Path(tmp) / key)
-            rows.append({"fit": key, "seconds": time.perf_counter() - t0})
-        fits = {r["fit"]: r["seconds"] for r in rows}
-        rows = []
+            fits[key] = time.perf_counter() - t0
         for key, det, settings, label in TABLE_DETECTORS:
             t0 = time.perf_counter()
             m = summary(scored_set(runs_by[key], det, settings=settings))

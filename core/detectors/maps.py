@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from core.config import ScoreConfig
@@ -47,6 +48,13 @@ def image_scores(maps: torch.Tensor, cfg: ScoreConfig, raw_diff_sum: torch.Tenso
     if raw_diff_sum is None:
         raise ConfigError("score mode 'sum' needs the raw difference sum")
     return raw_diff_sum
+
+
+def patch_map(dist: torch.Tensor, size: tuple[int, int], sigma_at_224: float) -> torch.Tensor:
+    """A patch-level map ``[B, h, w]`` bilinearly upsampled to ``size`` and Gaussian-smoothed, ``sigma_at_224``
+    scaled with the image side (the feature detectors' maps)."""
+    up = F.interpolate(dist[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(up, sigma_at_224 * size[-1] / 224.0)
 
 
 def interior(maps: torch.Tensor, margin: float) -> torch.Tensor:

@@ -9,9 +9,8 @@ patch distance away from the border (as for PatchCore). Fitting needs one pass o
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from core.detectors.maps import gaussian_blur, interior
+from core.detectors.maps import interior, patch_map
 from core.detectors.patchcore import SCORE_MARGIN
 from core.models.contract import AnomalyOutput
 from core.models.feature_models import PaDiMModel
@@ -75,6 +74,5 @@ class PaDiMDetector:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AnomalyOutput:
         dist = self.patch_distances(x)
-        amap = F.interpolate(dist[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        amap = gaussian_blur(amap, self.smooth_sigma * x.shape[-1] / 224.0)
+        amap = patch_map(dist, x.shape[-2:], self.smooth_sigma)
         return AnomalyOutput(interior(dist, self.score_margin).flatten(1).max(1).values, amap, None)

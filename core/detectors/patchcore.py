@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from core.detectors.maps import gaussian_blur, interior
+from core.detectors.maps import interior, patch_map
 from core.models.contract import AnomalyOutput
 from core.models.feature_models import PatchCoreModel
 
@@ -87,7 +86,7 @@ def greedy_coreset_reference(bank: torch.Tensor, n: int, *, seed: int = 0) -> to
         chosen.append(idx)
         d = torch.linalg.norm(bank - bank[idx : idx + 1], dim=1)
         min_d = d if min_d is None else torch.minimum(min_d, d)
-        min_d[chosen] = -1.0
+        min_d[idx] = -1.0  # chosen patches stay at -1: the minimum with a distance >= 0 keeps it
         idx = int(torch.argmax(min_d))
     return torch.tensor(chosen, dtype=torch.long)
 
@@ -142,9 +141,7 @@ class PatchCoreDetector:
         score, at = dist.view(b, -1)[:, inner].max(1)
         if self.reweight and self.model.bank.shape[0] > 1:
             score = self._reweighted(score, inner[at], idx.view(b, -1), q)
-        amap = F.interpolate(dist[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        amap = gaussian_blur(amap, self.smooth_sigma * x.shape[-1] / 224.0)
-        return AnomalyOutput(score, amap, None)
+        return AnomalyOutput(score, patch_map(dist, x.shape[-2:], self.smooth_sigma), None)
 
     def _reweighted(self, score: torch.Tensor, where: torch.Tensor, idx: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Eq. 7: ``s = (1 - exp|m_test - m*| / sum_{m in N_b(m*)} exp|m_test - m|) * s*``."""

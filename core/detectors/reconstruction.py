@@ -14,6 +14,7 @@ from core.data.builtin import open_dataset
 from core.data.images import to_uint8_hwc
 from core.data.loading import load_split, split_train_val
 from core.detectors.maps import gaussian_blur, image_scores
+from core.device import module_device
 from core.models.contract import AnomalyOutput
 from core.runs import BEST_CKPT, LoadedRun
 
@@ -70,7 +71,7 @@ def normal_error(model: torch.nn.Module, images: torch.Tensor, score: ScoreConfi
     if len(images) < 2:
         raise ValueError("the normal error model needs at least 2 held-out normal images")
     det = ReconstructionDetector(model, score)
-    device = next(iter([*model.parameters(), *model.buffers()])).device
+    device = module_device(model)
     maps = torch.cat([det.error_maps(images[i : i + batch_size].to(device).float().div_(255.0))[0].cpu()
                       for i in range(0, len(images), batch_size)]).double()
     return NormalError(maps.mean(0).float(), maps.std(0).float(), len(images))
@@ -81,7 +82,7 @@ def reconstructions(model: torch.nn.Module, images: torch.Tensor, batch_size: in
     """uint8 HWC reconstructions of uint8 ``[N, C, H, W]`` images, or None for a model that does not reconstruct."""
     if not hasattr(model, "reconstruct"):
         return None
-    device = next(model.parameters()).device
+    device = module_device(model)
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device).float().div_(255.0)

@@ -34,6 +34,7 @@ from core.detectors.padim import PaDiMDetector
 from core.detectors.patchcore import SCORE_MARGIN, PatchCoreDetector
 from core.detectors.projection import ProjectionDetector
 from core.detectors.reconstruction import ReconstructionDetector, run_normal_error
+from core.device import module_device
 from core.errors import DetectorError
 from core.models.contract import Detector
 from core.runs import LoadedRun
@@ -376,5 +377,5 @@ def build(run: LoadedRun, name: str = "auto", settings: Mapping[str, Any] | None
         DetectorError: unknown detector or setting, a bad value, or a detector that does not work on this run.
     """
     spec = resolve(run.config.model, name)
-    dev = device if isinstance(device, torch.device) else next(iter([*run.model.parameters(), *run.model.buffers()])).device
+    dev = device if isinstance(device, torch.device) else module_device(run.model)
     return spec.builder(run, parse_settings(spec, settings), dev)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.device import module_device
 from core.errors import ConfigError
 from core.models.backbone import (
     FEATURE_BACKBONES,
@@ -77,11 +78,8 @@ class FeatureModel(nn.Module):
         cfg.validate()
         self.cfg = cfg
 
-    def _device(self) -> torch.device:
-        return next(iter(self.buffers())).device
-
     def backbone(self) -> FeatureBackbone:
-        return get_backbone(self.cfg.backbone, self.cfg.weights, self._device())
+        return get_backbone(self.cfg.backbone, self.cfg.weights, module_device(self))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, D, g, g]`` features of images ``[B, C, H, W]`` in [0, 1] (``g`` = :attr:`FeatureConfig.grid`)."""

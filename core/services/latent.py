@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.data.images import to_uint8_hwc
+from core.device import module_device
 from core.errors import ConfigError
 
 LATENT_VIEW_MAX_SIZE = 64
@@ -60,13 +61,6 @@ def shows_latent(model: torch.nn.Module, size: int) -> bool:
     return has_latent(model) and size <= LATENT_VIEW_MAX_SIZE
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def latent_codes(model: torch.nn.Module, images_float: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Latent means of a batch of images.
@@ -88,7 +82,7 @@ def latent_codes(model: torch.nn.Module, images_float: np.ndarray | torch.Tensor
     if x.ndim != 4:
         raise ConfigError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
     model.eval()
-    device = _device(model)
+    device = module_device(model)
     out = [model.encode(x[i : i + batch_size].to(device).float())[0].float().cpu() for i in range(0, len(x), batch_size)]
     if not out:
         z_dim = int(getattr(getattr(model, "cfg", None), "z_dim", 0))
@@ -184,7 +178,7 @@ def decoded_grid(model: torch.nn.Module, basis_info: LatentBasis, n: int = 12, e
     xs = np.linspace(x0, x1, n)
     ys = np.linspace(y1, y0, n)  # top row = largest y
     plane = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row-major: (row i, column j)
-    z = torch.from_numpy(basis_info.to_latent(plane)).float().to(_device(model))
+    z = torch.from_numpy(basis_info.to_latent(plane)).float().to(module_device(model))
     model.eval()
     tiles = model.decode(z).float().clamp(0, 1).cpu().numpy()  # [n*n, C, H, W]
     c, h, w = tiles.shape[1:]

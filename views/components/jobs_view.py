@@ -59,6 +59,7 @@ def preview_strip(preview: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
 def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
     """One job: status, progress with ETA, loss curves, sample reconstructions, stop button."""
     s = snap.state
+    feature = s.get("config", {}).get("model") in FEATURE_MODELS  # fitted in one pass: no epochs, no losses
     epoch, epochs = int(s.get("epoch", 0) or 0), int(s.get("epochs", 0) or 0)
     with st.container(border=True):
         head, action = st.columns([5, 1])
@@ -73,7 +74,7 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             frac_epoch = (int(s.get("batch", 0) or 0) / batches) if batches and s.get("epoch_running", 0) > epoch else 0.0
             frac = min(1.0, (epoch + frac_epoch) / epochs) if epochs else 0.0
             phase = s.get("phase", "starting")
-            if s.get("config", {}).get("model") in FEATURE_MODELS:  # one pass, no epochs
+            if feature:
                 frac = int(s.get("batch", 0) or 0) / batches if batches else 0.0
                 text = f"{phase} · batch {s.get('batch', 0)}/{batches or '?'} · elapsed {_fmt_seconds(snap.seconds)}"
             elif epochs:
@@ -87,12 +88,12 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             result = snap.result or {}
             m = result.get("metrics") or {}
             verdict = "stopped" if snap.status == "stopped" else "finished"
-            done = (f"Fitting {verdict} in {_fmt_seconds(snap.seconds)}" if s.get("config", {}).get("model") in FEATURE_MODELS
+            done = (f"Fitting {verdict} in {_fmt_seconds(snap.seconds)}" if feature
                     else f"Training {verdict} after {epoch} epoch(s) in {_fmt_seconds(snap.seconds)}")
             st.success(f"{done} · "
                        f"image AUROC {ui.fmt_metric(m.get('image_auroc'))} · pixel AUROC {ui.fmt_metric(m.get('pixel_auroc'))}")
-        history = [h for h in s.get("history") or [] if "train_loss" in h]  # feature models have no losses
-        if history:
+        history = s.get("history") or []
+        if history and not feature:
             left, right = st.columns([3, 2])
             left.plotly_chart(loss_figure(history), key=f"loss-{snap.id}-{len(history)}-{snap.status}", config={"displayModeBar": False})
             if s.get("preview"):
