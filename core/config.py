@@ -26,6 +26,9 @@ DEFAULT_FEATURE_LAYERS = {"patchcore": (1, 2), "padim": (0, 1, 2)}  # stages of 
 # f-Net (Ano-Unet feature extractor) settings
 BACKBONES = ("small", "mobilenet_v2", "lite0")  # lite0: ImageNet EfficientNet-Lite0 from its PyPI wheel, fine-tuned
 FNET_LOSSES = ("l2softmax", "doc")
+# AE training losses: mse (the bottle article's), ssim (1 - SSIM, Bergmann et al. 2019, for textures) and
+# ssim_l1 (0.84 (1 - SSIM) + 0.16 L1, Zhao et al. 2017). An SSIM-trained AE's anomaly map is 1 - SSIM.
+AE_LOSSES = ("mse", "ssim", "ssim_l1")
 REFERENCE_SOURCES = ("paste", "synthetic", "digits", "textures")
 
 SCORE_MODES = ("mean", "max", "topk", "sum")
@@ -66,6 +69,10 @@ class TrainConfig:
     base_channels: int = 0  # 0 = model default (AE 16, VAE 32)
     depth: int = 6  # AE only
     recon_loss: str = "bce"  # VAE only
+    # AE only: mse, ssim or ssim_l1 (see AE_LOSSES). SSIM is the default: measured with 30 epochs at 128 px
+    # (README's detector table) it lifts the image AUROC on the shared bottle from 0.886 to 0.950 (normalized
+    # 0.985 -> 0.991; pixel AUROC 0.804 -> 0.946) and on the shared grid from 0.727 to 1.000.
+    ae_loss: str = "ssim"
     kl_weight: float = 1.0  # VAE only
     val_fraction: float = 0.2
     patience: int = 20
@@ -112,6 +119,8 @@ class TrainConfig:
             raise ConfigError("channels must be 0 (auto), 1 or 3")
         if self.crop_scale < 1:
             raise ConfigError("crop_scale must be >= 1")
+        if self.ae_loss not in AE_LOSSES:
+            raise ConfigError(f"ae_loss must be one of {', '.join(AE_LOSSES)}, got {self.ae_loss!r}")
         if self.model == "fnet":
             if self.fnet_loss not in FNET_LOSSES:
                 raise ConfigError(f"fnet_loss must be one of {', '.join(FNET_LOSSES)}, got {self.fnet_loss!r}")
@@ -159,7 +168,8 @@ class TrainConfig:
     def arch(self, channels: int) -> dict[str, Any]:
         """Architecture dict for :func:`core.models.build_model`."""
         if self.model == "ae":
-            return {"in_channels": channels, "base_channels": self.base_channels or 16, "depth": self.depth}
+            return {"in_channels": channels, "base_channels": self.base_channels or 16, "depth": self.depth,
+                    "loss": self.ae_loss}
         if self.model == "unet":
             return {"in_channels": channels, "base_channels": self.base_channels or 8, "levels": self.unet_levels}
         if self.model == "fnet":
@@ -178,8 +188,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, ignoring unknown keys (configs written by newer versions)."""
+        """Build from a dict, ignoring unknown keys (configs written by newer versions). A config written
+        before the AE loss was a setting trained with MSE."""
         names = {f.name for f in fields(cls)}
+        d = dict(d)
+        d.setdefault("ae_loss", "mse")
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -196,9 +209,12 @@ class AEConfig:
     in_channels: int = 3
     base_channels: int = 16
     depth: int = 6
+    loss: str = "mse"  # one of AE_LOSSES (checkpoints from before it was a setting are mse)
 
     def validate(self, size: int) -> None:
         """Raise ValueError when ``size`` does not fit the pooling depth."""
+        if self.loss not in AE_LOSSES:
+            raise ConfigError(f"the AE loss must be one of {', '.join(AE_LOSSES)}, got {self.loss!r}")
         if self.depth < 2:
             raise ConfigError(f"depth must be >= 2, got {self.depth}")
         if self.base_channels < 1 or self.in_channels not in (1, 3):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,23 +66,67 @@ def read_json(path: Path) -> dict[str, Any]:
         raise RunError(f"{path} is not readable JSON ({exc})") from None
 
 
+INTERRUPTED = "interrupted"  # read_history's status for a "running" run whose process is gone
+STALE_SECONDS = 30 * 60  # a run written from another machine with no news for this long counts as interrupted
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``; None elsewhere or when there is no such process):
+    with the PID it identifies the process even after the PID is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if pid <= 0:
+        return False
+    if Path("/proc").is_dir():
+        now = _process_start(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_history(
     run_dir: Path, status: str, epochs: list[dict[str, float]], best_epoch: int, best_val: float, error: str | None = None
 ) -> None:
-    """Write ``history.json``: status, best epoch and per-epoch losses."""
+    """Write ``history.json``: status, best epoch and per-epoch losses, and who writes it (host, PID and the
+    process's start time, so a reader can tell a running run from one whose process died)."""
     best = best_val if best_val == best_val and best_val != float("inf") else None  # NaN/inf are not JSON
+    pid = os.getpid()
     atomic_write_json(
         run_dir / HISTORY_FILE,
-        {"status": status, "best_epoch": best_epoch, "best_val_loss": best, "error": error, "updated": time.time(), "epochs": epochs},
+        {"status": status, "best_epoch": best_epoch, "best_val_loss": best, "error": error, "updated": time.time(),
+         "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid), "epochs": epochs},
     )
 
 
 def read_history(run_dir: Path) -> dict[str, Any]:
-    """The run's history, or an empty one when not written yet."""
+    """The run's history, or an empty one when not written yet.
+
+    A run that says ``running`` but whose training process is gone (same host: its PID is not alive, or is now
+    another process; another host: no news for :data:`STALE_SECONDS`) is reported as ``interrupted``, with
+    the reason in ``interrupted``. The checkpoints it left stay usable."""
     try:
-        return read_json(Path(run_dir) / HISTORY_FILE)
+        hist = read_json(Path(run_dir) / HISTORY_FILE)
     except RunError:
         return {"status": "unknown", "epochs": []}
+    if hist.get("status") == "running":
+        pid, host = hist.get("pid"), hist.get("host")
+        if isinstance(pid, int) and host == socket.gethostname():
+            if not _alive(pid, hist.get("pid_start")):
+                hist = dict(hist, status=INTERRUPTED, interrupted=f"its training process (PID {pid}) ended without "
+                                                                   "finishing: killed, or its server was stopped")
+        elif time.time() - float(hist.get("updated") or 0) > STALE_SECONDS:
+            hist = dict(hist, status=INTERRUPTED, interrupted=f"no progress written for over {STALE_SECONDS // 60} min")
+    return hist
 
 
 def checkpoint_payload(cfg: TrainConfig, model: torch.nn.Module, *, epoch: int, val_loss: float) -> dict[str, Any]:

@@ -9,6 +9,31 @@ from core.data.images import to_uint8_hwc
 from core.errors import ConfigError
 
 
+def _anchored_lut() -> np.ndarray:
+    """256 RGB colours: below the middle dark blue to pale blue-grey (under the threshold), from the middle up
+    yellow to deep red (at or above it), a visible step at the boundary."""
+    lut = np.zeros((256, 3), np.float32)
+    lo = np.linspace(0, 1, 128)[:, None]
+    lut[:128] = (1 - lo) * np.array([25, 40, 110]) + lo * np.array([170, 190, 215])
+    hi = np.linspace(0, 1, 128)[:, None]
+    lut[128:] = (1 - hi) * np.array([255, 215, 0]) + hi * np.array([180, 0, 20])
+    return lut.round().astype(np.uint8)
+
+
+ANCHORED_LUT = _anchored_lut()
+
+
+def heatmap_anchored(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """Colour a map ``(H, W)`` relative to a decision threshold: ``t = v / (v + threshold)`` puts the threshold
+    at the middle of :data:`ANCHORED_LUT`, so yellow-to-red means "at or above the threshold" and blue
+    "below it", whatever the map's range (every page that anchors to the same threshold agrees)."""
+    amap = np.clip(np.asarray(amap, dtype=np.float32), 0.0, None)
+    thr = max(float(threshold), 1e-12)
+    t = amap / (amap + thr)
+    idx = np.where(amap >= thr, np.maximum(128, (t * 255.0).astype(np.int32)), np.minimum(127, (t * 255.0).astype(np.int32)))
+    return ANCHORED_LUT[idx]
+
+
 def heatmap(amap: np.ndarray, vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
     """Colour a float map ``(H, W)`` with the JET colormap; returns RGB uint8 ``(H, W, 3)``.
 
@@ -63,6 +88,18 @@ def annotate(img: np.ndarray, text: str) -> np.ndarray:
     bar_h = max(14, img.shape[0] // 16)
     bar = np.full((bar_h, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, text, (4, bar_h - 4), cv2.FONT_HERSHEY_SIMPLEX, bar_h / 32.0, (20, 20, 20), 1, cv2.LINE_AA)
+    return np.concatenate([bar, img], axis=0)
+
+
+def column_headers(img: np.ndarray, labels: list[str], col_width: int, gap: int) -> np.ndarray:
+    """A copy of ``img`` with a white bar on top naming its columns (``col_width`` px each, ``gap`` px apart)."""
+    bar_h = max(14, min(28, col_width // 6))
+    bar = np.full((bar_h, img.shape[1], 3), 255, np.uint8)
+    scale = bar_h / 36.0
+    for j, text in enumerate(labels):
+        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = j * (col_width + gap) + max(2, (col_width - tw) // 2)
+        cv2.putText(bar, text, (x, bar_h - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1, cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
 
 

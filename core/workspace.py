@@ -36,6 +36,26 @@ def cache_dir(name: str) -> Path:
     return path
 
 
+LAST_SELECTION_FILE = "last_selection.json"
+
+
+def last_selection() -> dict[str, Any]:
+    """The app's last selection (data, category, run, labels), or {} when none was saved or it is unreadable."""
+    try:
+        raw = json.loads((workspace_dir() / LAST_SELECTION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def save_last_selection(values: dict[str, Any]) -> None:
+    """Keep the app's current selection, so that a new session starts from it."""
+    try:
+        atomic_write_json(workspace_dir() / LAST_SELECTION_FILE, values)
+    except OSError:
+        pass  # a read-only workspace only loses this convenience
+
+
 def _temp_sibling(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -25,6 +25,12 @@ def _workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["ANOMALYLAB_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def _fresh_last_selection(_workspace: Path) -> None:
+    """Each test starts without the app's remembered selection (a test that wants it writes it itself)."""
+    (_workspace / "last_selection.json").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def mvtec_small() -> Path:
     """The shared real MVTec subset; skips the test with a reason when it is absent."""

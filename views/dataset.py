@@ -32,7 +32,7 @@ from core.services.thumbnails import thumbnails
 from views.components import ui
 from views.components.charts import counts_figure
 from views.components.dataset_check import draw_problems
-from views.components.dataset_viewer import draw_full_view, reset_view
+from views.components.dataset_viewer import KEY_VIEW, draw_full_view, reset_view
 from views.components.display import plural
 
 # Session-state keys of this page (widget keys; nothing durable lives here).
@@ -119,8 +119,16 @@ def draw_grid(page: list[Sample], thumbs: list[tuple[np.ndarray, str | None]]) -
     to send than a block per row.
     """
     with st.container(horizontal=True, wrap=True, gap="small", key="dataset_grid"):
-        for sample, (thumb, err) in zip(page, thumbs):
-            st.image(thumb, caption=f"{sample.defect} · {sample.path.name}" + (" (unreadable)" if err else ""), width=THUMB_SIZE)
+        for k, (sample, (thumb, err)) in enumerate(zip(page, thumbs)):
+            with st.container(width=THUMB_SIZE, gap=None):
+                st.image(thumb, width=THUMB_SIZE)
+                st.button(f"{sample.defect} · {sample.path.name}" + (" (unreadable)" if err else ""), key=f"dataset_open_{k}",
+                          on_click=_open_view, args=(str(sample.path),), type="tertiary", width="stretch",
+                          help="Open in the full-size view")
+
+
+def _open_view(path: str) -> None:
+    st.session_state[KEY_VIEW] = path
 
 
 def draw_browser(index: DatasetIndex) -> list[tuple[str, str]]:

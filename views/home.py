@@ -62,19 +62,23 @@ def draw_quick_start(sel: ui.Selection) -> None:
 
 def draw_pages() -> None:
     st.subheader("Pages")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:", help="Counts, thumbnails, masks, skipped files")
-    c2.page_link("views/train.py", label="Train", icon=":material/model_training:", help="Background training with live curves")
-    c3.page_link("views/results.py", label="Results", icon=":material/insights:", help="Heatmaps sorted by score, AUROC, AUPRO")
-    c4.page_link("views/try_image.py", label="Try your image", icon=":material/upload:", help="Score an uploaded image")
-    c1.page_link("views/projection.py", label="Projection", icon=":material/animation:",
-                 help="Move the image towards normal, step by step: only the defect changes")
-    c2.page_link("views/anounet.py", label="Ano-Unet", icon=":material/auto_fix_high:",
-                 help="Per-image U-Net guided by a frozen feature extractor: what it must change is the anomaly")
-    c3.page_link("views/explorer.py", label="Threshold", icon=":material/tune:",
-                 help="Choose the operating threshold: ROC/PR, rules and costs, misses and false alarms, decision record")
-    c4.page_link("views/labeling.py", label="Label", icon=":material/label:",
-                 help="Mark images good/defective with the keyboard, paint defect masks; metrics follow your labels")
+    links = [  # the sidebar's order (app.py)
+        ("views/dataset.py", "Dataset", ":material/photo_library:", "Counts, thumbnails, masks, skipped files"),
+        ("views/train.py", "Train", ":material/model_training:", "Background training with live curves"),
+        ("views/results.py", "Results", ":material/insights:", "Heatmaps sorted by score, AUROC, AUPRO"),
+        ("views/explorer.py", "Threshold", ":material/tune:",
+         "Choose the operating threshold: ROC/PR, rules and costs, misses and false alarms, decision record"),
+        ("views/labeling.py", "Label", ":material/label:",
+         "Mark images good/defective with the keyboard, paint defect masks; metrics follow your labels"),
+        ("views/projection.py", "Projection", ":material/animation:",
+         "Move the image towards normal, step by step: only the defect changes"),
+        ("views/anounet.py", "Ano-Unet", ":material/auto_fix_high:",
+         "Per-image U-Net guided by a frozen feature extractor: what it must change is the anomaly"),
+        ("views/try_image.py", "Try your image", ":material/upload:", "Score an uploaded image"),
+    ]
+    cols = st.columns(4)
+    for k, (page, label, icon, help_text) in enumerate(links):
+        cols[k % 4].page_link(page, label=label, icon=icon, help=help_text)
 
 
 draw_intro()

@@ -1,7 +1,7 @@
 """Label: review test images one by one, mark them good / defective / unsure, paint where the defect is.
 
 Labels go to the workspace's SQLite label store (``core.labels``) with their history, so every change
-can be undone. Keyboard: G good, D defective, U unsure, ← / → previous / next, Z undo. Queues put the
+can be undone. Keyboard: G good, D defective, U unsure, ← / → previous / next, Z undo, Y redo. Queues put the
 images that need a person first: unlabeled ones, those where my label (or the dataset's) disagrees with
 the model at the current threshold, those closest to the threshold, or a random order. The metrics on
 the Results and Threshold pages and ``python -m core evaluate --labels`` follow the labels at once
@@ -14,7 +14,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.data.index import DatasetError
-from core.evaluation.curves import curves_for
+from core.evaluation.operating import pixel_operating_threshold
 from core.evaluation.scored import ScoredSet, scored_set
 from core.labels.effective import effective_labels
 from core.labels.review import review_order
@@ -27,6 +27,8 @@ from views.components.label_actions import (  # noqa: F401  (the keys are this p
     KEY_CURRENT_FOR,
     KEY_DEFECT,
     KEY_HEAT,
+    KEY_HEAT_ALPHA,
+    KEY_HEAT_ANCHOR,
     KEY_IMPORT,
     KEY_NOTE,
     KEY_PAINT,
@@ -52,8 +54,8 @@ def model_view(sel: ui.Selection) -> tuple[ScoredSet | None, float | None, str]:
         ss = scored_set(sel.run_dir)
     except (RunError, DatasetError, ValueError, OSError) as exc:
         return None, None, f"The run cannot be scored: {exc}"
-    t, source = ui.operating_threshold(ss.run_id, curves_for(ss).f1_threshold)
-    hint = "" if "chosen" in source else "; choose another on the Threshold page"
+    t, source = ui.operating_threshold(sel.run_dir, ui.relabeled(ss, sel))
+    hint = "; choose another on the Threshold page" if "default" in source else ""
     return ss, t, f"threshold {t:.4g}: {source}{hint}"
 
 
@@ -94,7 +96,13 @@ def main() -> None:
     c1, c2 = st.columns([2, 1])
     queue = c1.segmented_control("Queue", list(QUEUES), format_func=QUEUES.get, key=KEY_QUEUE, default="unlabeled",
                                  on_change=lambda: st.session_state.pop(KEY_CURRENT, None)) or "unlabeled"
-    c2.toggle("Heatmap", key=KEY_HEAT, disabled=ss is None or ss.maps is None, help="Overlay the model's anomaly map.")
+    h1, h2, h3 = c2.columns(3, vertical_alignment="bottom")
+    h1.toggle("Heatmap", key=KEY_HEAT, disabled=ss is None or ss.maps is None, help="Overlay the model's anomaly map.")
+    h2.toggle("Red = above", key=KEY_HEAT_ANCHOR, disabled=not st.session_state.get(KEY_HEAT),
+              help="Colour the heatmap relative to the operating point's pixel threshold: blue below it, yellow to red "
+                   "at or above it (as on Results and Threshold).")
+    h3.slider("Opacity", 0.1, 0.9, 0.45, 0.05, key=KEY_HEAT_ALPHA, disabled=not st.session_state.get(KEY_HEAT),
+              label_visibility="collapsed", help="How much of the heatmap covers the image.")
     st.caption(model_note)
     order = review_order(queue, eff.mine, eff.dataset_labels, scores, t)
     paths = [eff.relpaths[k] for k in order]
@@ -104,8 +112,9 @@ def main() -> None:
     show_flash()
     left, right = st.columns([1.15, 1], gap="large")
     with left:
-        st.caption(f"Image {pos + 1} of {len(order)} in the queue · G good · D defective · U unsure · ← → move · Z undo")
-        draw_image(samples[i], rel, ss, eff.mine[i], dataset)
+        st.caption(f"Image {pos + 1} of {len(order)} in the queue · G good · D defective · U unsure · ← → move · Z undo · Y redo")
+        pixel_t = pixel_operating_threshold(sel.run_dir, ss) if ss is not None and ss.maps is not None else None
+        draw_image(samples[i], rel, ss, eff.mine[i], dataset, pixel_t)
     with right:
         draw_panel(index, i, rel, eff.mine[i], dataset, ss, t, next_rel, eff)
     draw_export(index, dataset, sel.category)

@@ -19,6 +19,7 @@ from core.config import MAP_MODES, RECONSTRUCTION_MODELS, ProjectionConfig
 from core.data.images import to_float_chw
 from core.detectors import registry as detectors
 from core.runs import LoadedRun
+from core.services.estimate import projection_estimate
 from core.services.jobs import JobSnapshot
 from core.services.panels import default_picks, short_label
 from core.services.projection_job import (
@@ -49,8 +50,9 @@ KEY_STEP = "projection_step"
 PICKER = image_picker.PickerKeys(KEY_SOURCE, KEY_IMAGES, KEY_IMAGES_RUN, KEY_UPLOADS)
 PAGE = job_panel.JobPage(
     key_job=KEY_JOB, owner=ProjectionRequest.OWNER, what="The projection", again="**Run projection** again.",
-    idle="Pick images and settings, then **Run projection**. The projection runs in the background; "
-         "a repeated request with the same settings reuses the finished result.",
+    idle="Pick images and settings, then **Run projection**. The projection runs in the background (the expected "
+         "time, measured on this machine, is under the form); a repeated request with the same settings reuses the "
+         "finished result.",
     other="The last projection belongs to another run: **Run projection** for this one.", icon=":material/animation:",
 )
 MAX_IMAGES = 8  # frames are kept only for the shown images: memory stays bounded
@@ -120,6 +122,22 @@ def draw_progress(job_id: str) -> None:
     job_panel.live_progress(job_id, status, "Stop after the current step; the steps done so far are shown.", energy)
 
 
+def draw_estimate(run: LoadedRun) -> None:
+    """The expected time of the form's settings for the picked images (one projection step measured once)."""
+    n = image_picker.picked_count(PICKER)
+    if not n:
+        return
+    defaults = ProjectionConfig()
+    cfg = ProjectionConfig(steps=int(st.session_state.get(KEY_STEPS, defaults.steps)))
+    try:
+        with st.spinner("Measuring one projection step on this machine (once)…"):
+            est = projection_estimate(run.model, cfg, n, run.config.size, run.config.channels, model_id=run.id)
+    except (ValueError, RuntimeError) as exc:
+        st.caption(f"No time estimate: {exc}")
+        return
+    st.caption(f":material/timer: {n} image(s) × {cfg.steps} steps: {est.text()}.")
+
+
 def main() -> None:
     st.title("Projection")
     run = ui.require_run(ui.selection())
@@ -138,6 +156,7 @@ def main() -> None:
     if view is None:
         return
     submitted = draw_controls(run, view)
+    draw_estimate(run)
     if submitted is not None:
         request, x0, masks = submitted
         task = projection_task(run.model, detectors.build(run), x0, request.cfg, list(request.labels), masks)

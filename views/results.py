@@ -15,7 +15,8 @@ import streamlit as st
 
 from core.config import FEATURE_MODELS
 from core.data.index import DatasetError
-from core.runs import LoadedRun
+from core.evaluation.operating import pixel_operating_threshold
+from core.runs import LoadedRun, read_history
 from core.services.latent import shows_latent
 from core.services.results_view import defect_order, ranked, type_rows
 from core.viz import HEATMAP_QUANTILE
@@ -34,6 +35,7 @@ from views.components.images import colorbar_caption
 KEY_DEFECTS = "results_defects"
 KEY_SORT = "results_sort"
 KEY_MASKS = "results_masks"
+KEY_ANCHOR = "results_anchor"  # heatmaps coloured relative to the pixel threshold
 KEY_PAGE = "results_page"  # prefix: the pager's key also names the filter it pages through
 KEY_FILTER_RUN = "results_filter_run"  # the run the filter widgets were set for
 
@@ -45,6 +47,14 @@ SORT_ASC = "Lowest score first"
 
 def draw_header(run: LoadedRun, view: dict[str, Any]) -> None:
     cfg = run.config
+    hist = read_history(run.path)
+    status = hist.get("status")
+    if status == "running":
+        st.markdown(f":orange-badge[:material/hourglass_top: still training] epoch {len(hist.get('epochs') or [])} of "
+                    f"{cfg.epochs}: these metrics are of the best checkpoint so far and will change.")
+    elif status == "interrupted":
+        st.markdown(":red-badge[:material/warning: interrupted] the training process ended before finishing; these "
+                    "metrics are of the best checkpoint it saved.")
     n, n_def, n_unknown = len(view["scores"]), int((view["labels"] == 1).sum()), int((view["labels"] < 0).sum())
     st.caption(
         f"Run `{run.id}` · {cfg.model.upper()} · {cfg.data} / {cfg.category} · {cfg.size} px, "
@@ -101,11 +111,17 @@ def draw_strips(run_id: str, view: dict[str, Any]) -> None:
         st.session_state[KEY_FILTER_RUN] = run_id
         st.session_state[KEY_DEFECTS] = options
     has_masks = bool(view["masks"].any())
-    c1, c2, c3 = st.columns([4, 2, 2], vertical_alignment="bottom")
+    c1, c2, c3, c4 = st.columns([4, 2, 2, 2], vertical_alignment="bottom")
     chosen = c1.multiselect("Show types", options, key=KEY_DEFECTS, placeholder="Pick at least one type")
     order = c2.selectbox("Sort", [SORT_DESC, SORT_ASC], key=KEY_SORT)
     outline = c3.toggle("Outline ground-truth masks", value=True, key=KEY_MASKS, disabled=not has_masks,
                         help=None if has_masks else "This dataset has no defect masks.")
+    pixel_t = view.get("pixel_threshold")
+    anchored = c4.toggle("Red = above the pixel threshold", value=False, key=KEY_ANCHOR, disabled=pixel_t is None,
+                         help="Colour every map relative to the operating point's pixel threshold (t = v / (v + threshold)): "
+                              "blue below it, yellow to red at or above it, as on the Threshold page.")
+    if anchored and pixel_t is not None:
+        view = dict(view, pixel_anchor=pixel_t)
     order_idx = ranked(view["scores"], defects, chosen, descending=order == SORT_DESC)
     if order_idx.size == 0:
         st.info("No test image matches the filter: pick at least one type.")
@@ -121,10 +137,15 @@ def draw_strips(run_id: str, view: dict[str, Any]) -> None:
     shown = order_idx[start : start + PER_PAGE]
     with head:
         panels = "input · reconstruction · anomaly map" if view["recons"] is not None else "input · anomaly map"
-        colorbar_caption(
-            f"Panels: {panels}. All heatmaps share one colour scale, 0 (blue) to {view['vmax']:.4g} (red) = the "
-            f"{HEATMAP_QUANTILE:.1%} quantile of all test maps. Showing {start + 1}–{start + shown.size} of {order_idx.size}."
-        )
+        if view.get("pixel_anchor") is not None:
+            st.caption(f"Panels: {panels}. Heatmaps coloured relative to the pixel threshold {view['pixel_anchor']:.4g}: "
+                       f"blue below it, yellow to red at or above it. Showing {start + 1}–{start + shown.size} of "
+                       f"{order_idx.size}")
+        else:
+            colorbar_caption(
+                f"Panels: {panels}. All heatmaps share one colour scale, 0 (blue) to {view['vmax']:.4g} (red) = the "
+                f"{HEATMAP_QUANTILE:.1%} quantile of all test maps. Showing {start + 1}–{start + shown.size} of "
+                f"{order_idx.size}")
     with grid:
         for row in range(0, shown.size, 2):
             for k, (col, i) in enumerate(zip(st.columns(2), shown[row : row + 2])):
@@ -172,8 +193,9 @@ def main() -> None:
         return
     if sel.label_source != "dataset":
         view = with_label_source(view, sel)
-    t, threshold_name = ui.operating_threshold(run.id, view["metrics"].get("threshold"))
-    view = dict(view, threshold=t, threshold_name=threshold_name)
+    t, threshold_name = ui.operating_threshold(run.path, ui.relabeled(view["scored"], sel))
+    view = dict(view, threshold=t, threshold_name=threshold_name,
+                pixel_threshold=pixel_operating_threshold(run.path, view["scored"]) if view["maps"] is not None else None)
     draw_header(run, view)
     draw_metrics(view)
     tab_names = ["Test images", "Score distribution"]

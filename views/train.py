@@ -6,20 +6,28 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.config import AEConfig, TrainConfig
+from core.config import AE_LOSSES, AEConfig, TrainConfig
+from core.data.index import DatasetIndex
+from core.data.loading import detect_channels
 from core.device import available_devices
 from core.runs import RunError, delete_run
+from core.services.estimate import train_estimate
 from views.components import jobs_view, ui
 
 KEY_CONFIRM_DELETE = "train_confirm_delete"
 KEY_DELETE_ERROR = "train_delete_error"
 SIZES = (32, 64, 128, 256)
+AE_LOSS_DEFAULT = TrainConfig().ae_loss
+AE_LOSS_LABELS = {"mse": "MSE (pixel error)", "ssim": "SSIM (structure; textures)", "ssim_l1": "SSIM + L1"}
+AE_LOSS_HELP = ("The AE's training loss; with SSIM the anomaly map is (1 − SSIM) / 2 (Bergmann et al. 2019). SSIM is "
+                "the default: measured (README, detector table) it lifts the image AUROC of the shared MVTec bottle from "
+                "0.89 to 0.95 and of the grid texture from 0.73 to 1.00, and the bottle's pixel AUROC from 0.80 to 0.95.")
 MODEL_LABELS = {"patchcore": "PatchCore (features)", "padim": "PaDiM (features)", "ae": "Autoencoder (AE)",
                 "vae": "Variational AE (VAE)"}
 
 
-def settings_ui(sel: ui.Selection) -> TrainConfig | None:
-    """The training form; returns a config when Start was pressed with valid settings."""
+def settings_ui(sel: ui.Selection) -> tuple[TrainConfig | None, str | None]:
+    """The training form; returns the config and the button pressed (``start`` or ``estimate``), or (None, None)."""
     digits = sel.data == "builtin:digits"
     with st.form("train_form", border=True):
         st.markdown(f"**Data:** `{sel.data}` · category **{sel.category}** (change it in the sidebar)")
@@ -45,27 +53,55 @@ def settings_ui(sel: ui.Selection) -> TrainConfig | None:
                               format_func=lambda d: f"auto ({devices[0]})" if d == "auto" else d)
         precision = c2.selectbox("Precision", ("auto", "fp32", "bf16", "fp16"), key="train_precision",
                                  help="auto: fp16/bf16 mixed precision on a GPU, bf16 on CPUs with native bf16, else fp32.")
-        minutes = c3.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key="train_minutes")
+        minutes = c3.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key="train_minutes",
+                                  help="Stop after this much training time even if epochs remain (the run says so).")
         augment = c4.toggle("Augment (crops, flips)", value=False, key="train_augment")
+        c1, c2, _, _ = st.columns(4)
         ratio = c1.number_input("Coreset share (PatchCore)", 0.001, 1.0, 0.01, step=0.005, format="%.3f",
                                 key="train_coreset", help="Share of the good images' patches kept in the memory bank.")
+        ae_loss = c2.selectbox("AE loss", AE_LOSSES, index=AE_LOSSES.index(AE_LOSS_DEFAULT), key="train_ae_loss",
+                               format_func=AE_LOSS_LABELS.get, help=AE_LOSS_HELP)
         st.caption("PatchCore / PaDiM: epochs, patience, batch, learning rate, precision, time budget and augmentation "
                    "do not apply (no training, one pass over the good images).")
-        start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
-    if not start:
-        return None
+        b1, b2, _ = st.columns([1, 1, 3])
+        start = b1.form_submit_button("Start training", type="primary", icon=":material/play_arrow:", width="stretch")
+        estimate = b2.form_submit_button("Estimate time", icon=":material/timer:", width="stretch",
+                                         help="Measure this machine's speed for these settings (a few steps, once; "
+                                              "kept in the workspace) and say how long the run would take.")
+    if not (start or estimate):
+        return None, None
     cfg = TrainConfig(data=sel.data, category=sel.category, model=model, size=int(size), epochs=int(epochs),
                       patience=int(patience), batch_size=int(batch), lr=float(lr), z_dim=int(z_dim), seed=int(seed),
                       device=device, precision=precision, max_minutes=float(minutes), augment=augment,
-                      crop_scale=1.15 if augment else 1.0, coreset_ratio=float(ratio))
+                      crop_scale=1.15 if augment else 1.0, coreset_ratio=float(ratio), ae_loss=ae_loss)
     try:
         cfg.validate()
         if model == "ae":
             AEConfig(depth=cfg.depth).validate(cfg.size)
     except ValueError as exc:
         st.error(f"These settings cannot train: {exc}")
+        return None, None
+    return cfg, "start" if start else "estimate"
+
+
+def draw_estimate(cfg: TrainConfig, index: DatasetIndex | None) -> str | None:
+    """The expected time of ``cfg`` (measuring this machine once where needed); the text, or None."""
+    if index is None:
         return None
-    return cfg
+    n_train = len(index.split("train"))
+    try:
+        with st.spinner("Measuring this machine's speed for these settings (a few steps, once)…"):
+            est = train_estimate(cfg, n_train, cfg.channels or detect_channels(index))
+    except (ValueError, RuntimeError, OSError) as exc:
+        st.warning(f"No estimate for these settings: {exc}")
+        return None
+    if est is None:
+        return None
+    text = f"Expected time: {est.text()}."
+    if est.upper_bound:
+        text += " Early stopping may end it sooner."
+    st.info(text, icon=":material/timer:")
+    return text
 
 
 def draw_runs() -> None:
@@ -80,8 +116,14 @@ def draw_runs() -> None:
         "size": r["config"]["size"], "status": r["status"], "image AUROC": r["metrics"].get("image_auroc"),
         "pixel AUROC": r["metrics"].get("pixel_auroc"), "AUPRO": r["metrics"].get("aupro"),
     } for r in runs]
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("image AUROC", "pixel AUROC", "AUPRO")})
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "run": st.column_config.TextColumn(width="medium"), "data": st.column_config.TextColumn(width="small"),
+        "model": st.column_config.TextColumn(width="small"), "size": st.column_config.NumberColumn(width="small"),
+        "status": st.column_config.TextColumn(width="small", help="interrupted: the training process ended without "
+                                                                   "finishing (killed, or its server stopped)"),
+        **{k: st.column_config.NumberColumn(format="%.3f", width="small") for k in ("image AUROC", "pixel AUROC", "AUPRO")}})
+    if any(r["status"] == "interrupted" for r in runs):
+        st.caption("Interrupted runs keep their best checkpoint: resume with `python -m core train --out RUN --resume`.")
     with st.expander("Delete a run"):
         target = st.selectbox("Run to delete", [r["id"] for r in runs], key="train_delete_target")
         confirm = st.checkbox("Yes, delete this run and its files", key=KEY_CONFIRM_DELETE)
@@ -107,9 +149,12 @@ st.title("Train")
 st.caption("Models learn from the normal (good) training images only (the AE and VAE hold 20% of them out for "
            "validation and early stopping). Training runs in the background: switch pages or reload, it goes on.")
 selection = ui.selection()
-if ui.require_dataset(selection) is not None:
-    config = settings_ui(selection)
+dataset = ui.require_dataset(selection)
+if dataset is not None:
+    config, action = settings_ui(selection)
     if config is not None:
-        jobs_view.start_training(config, f"{config.model.upper()} on {config.data} / {config.category} at {config.size}px")
+        draw_estimate(config, dataset)
+        if action == "start":
+            jobs_view.start_training(config, f"{config.model.upper()} on {config.data} / {config.category} at {config.size}px")
 jobs_view.live_jobs()
 draw_runs()

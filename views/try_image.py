@@ -29,6 +29,7 @@ from views.components.display import (
 
 KEY_UPLOADS = "try_uploads"
 KEY_EXAMPLE = "try_example"
+MAX_UPLOADS = 16  # every upload is scored on every rerun: a page, not a batch job
 UPLOAD_TYPES = ui.UPLOAD_TYPES
 
 
@@ -72,6 +73,8 @@ def draw_analysis(a: Analysis, run: LoadedRun, view: dict[str, Any], key: str, t
                 verdict = f":green-badge[:material/check: Looks normal] below {view['threshold_name']} ({fmt_score(pos.threshold)})"
             st.metric("Anomaly score", fmt_score(a.score), help="Higher = more anomalous; same scoring as the run's test set.")
             st.markdown(verdict)
+            for note in a.notes:
+                st.caption(f":orange[:material/info: {a.name}: {note}.]")
             st.markdown(
                 f"Scores higher than **{_percent(pos.good_percentile)}** of the good test images and "
                 f"**{_percent(pos.defect_percentile)}** of the defective ones."
@@ -111,13 +114,14 @@ def example_choice(view: dict[str, Any]) -> int | None:
 
 def main() -> None:
     st.title("Try your image")
-    run = ui.require_run(ui.selection())
+    sel = ui.selection()
+    run = ui.require_run(sel)
     if run is None:
         return
     view = load_test_view(run)
     if view is None:
         return
-    t, name = ui.operating_threshold(run.id, view["metrics"].get("threshold"))
+    t, name = ui.operating_threshold(run.path, ui.relabeled(view["scored"], sel))
     view = dict(view, threshold=t, threshold_name=name)
     st.caption(f"Scored by run `{run.id}` ({run.config.model.upper()}, {run.config.data} / {run.config.category}). "
                f"Images are converted to the run's channels and size; nothing is stored. Verdicts use {name}.")
@@ -129,8 +133,11 @@ def main() -> None:
         example = example_choice(view)
         if files:
             st.caption("Showing the uploads; remove them to see the example.")
+    if files and len(files) > MAX_UPLOADS:
+        st.warning(f"{len(files)} files uploaded: showing the first {MAX_UPLOADS}. Score a whole folder with "
+                   "`python -m core evaluate` or add it as a dataset.")
     if files:
-        for k, f in enumerate(files):
+        for k, f in enumerate(files[:MAX_UPLOADS]):
             draw_analysis(analyze_upload(run, f.name, f.getvalue()), run, view, key=f"upload_{k}")
     elif example is not None:
         name = view["names"][example]

@@ -244,7 +244,8 @@ def bench_patchcore(data: str, category: str | None, size: int, ratio: float = 0
 
 # The fixed settings of the detector table (bench detectors): what each row's run is.
 TABLE_SETTINGS = {
-    "ae": {"model": "ae", "epochs": 30},
+    "ae": {"model": "ae", "epochs": 30, "ae_loss": "mse"},
+    "ae_ssim": {"model": "ae", "epochs": 30, "ae_loss": "ssim"},
     "fnet": {"model": "fnet", "epochs": 15, "size": 64},
     "patchcore": {"model": "patchcore"},
     "padim": {"model": "padim"},
@@ -253,6 +254,8 @@ TABLE_DETECTORS = [  # (run, detector, settings, label)
     ("ae", "reconstruction", {"normalize": False}, "AE, reconstruction error"),
     ("ae", "reconstruction", {"normalize": True}, "AE, normalized reconstruction error"),
     ("ae", "projection", {}, "AE, iterative projection (25 steps)"),
+    ("ae_ssim", "reconstruction", {"normalize": False}, "AE (SSIM loss), 1 − SSIM"),
+    ("ae_ssim", "reconstruction", {"normalize": True}, "AE (SSIM loss), normalized 1 − SSIM"),
     ("fnet", "fnet-distance", {}, "f-Net distance to C (64 px)"),
     ("patchcore", "patchcore", {}, "PatchCore (Lite0, 1% coreset)"),
     ("padim", "padim", {}, "PaDiM (Lite0, 100 channels)"),
@@ -267,8 +270,8 @@ def bench_detectors(data: str, category: str | None, size: int, epochs: int | No
     with tempfile.TemporaryDirectory() as tmp:
         runs_by: dict[str, Path] = {}
         for key, kw in TABLE_SETTINGS.items():
-            kw = {"size": min(size, 128) if key == "ae" else size, **kw}  # the AE at most 128 px (its training cost)
-            if key == "ae" and epochs:
+            kw = {"size": min(size, 128) if key.startswith("ae") else size, **kw}  # the AE at most 128 px (its cost)
+            if key.startswith("ae") and epochs:
                 kw["epochs"] = epochs
             t0 = time.perf_counter()
             runs_by[key] = fit(TrainConfig(data=data, category=category, device="cpu", patience=kw.get("epochs", 1), **kw),

@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from core.cli.labels import add_labels_parser
-from core.config import AnoUnetConfig, ProjectionConfig
+from core.config import AE_LOSSES, AnoUnetConfig, ProjectionConfig
 from core.errors import AnomalyLabError
 
 USER_ERRORS = (AnomalyLabError, FileNotFoundError, PermissionError, FloatingPointError)
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--z-dim", dest="z_dim", type=int, help="VAE latent size")
     t.add_argument("--base-channels", dest="base_channels", type=int, help="width of the first block")
     t.add_argument("--depth", type=int, help="AE encoder blocks")
+    t.add_argument("--ae-loss", dest="ae_loss", choices=list(AE_LOSSES),
+                   help="AE training loss: ssim (default: 1 - SSIM, Bergmann et al. 2019; the map becomes (1 - SSIM) / 2), "
+                        "mse (pixel error; the map |x - f(x)|) or ssim_l1 (0.84 (1 - SSIM) + 0.16 L1)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     t.add_argument("--seed", type=int)
     t.add_argument("--data-seed", dest="data_seed", type=int, help="seed of the built-in synthetic data")
@@ -93,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-strips", action="store_true", help="do not write heatmap strips")
-    e.add_argument("--rule", choices=["f1", "youden", "fpr", "tpr", "cost"],
-                   help="choose the threshold by a rule and report the metrics at it (see core.explorer)")
+    e.add_argument("--rule", choices=["saved", "f1", "youden", "fpr", "tpr", "cost"],
+                   help="choose the threshold by a rule and report the metrics at it; saved: the run's operating point "
+                        "as saved on the Threshold page (the threshold every page uses; Youden J where none was saved)")
     e.add_argument("--target-fpr", dest="target_fpr", type=float, help="--rule fpr: largest share of good parts flagged")
     e.add_argument("--target-tpr", dest="target_tpr", type=float, help="--rule tpr: smallest share of defects caught")
     e.add_argument("--cost-fp", dest="cost_fp", type=float, help="cost of a false alarm")

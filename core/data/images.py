@@ -82,6 +82,16 @@ def _to_uint8_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def has_transparency(data: bytes) -> bool:
+    """True when encoded image ``data`` has an alpha channel or a transparent colour (it is composited on
+    black when decoded, as :func:`read_image` does); False for anything unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    except Exception:  # noqa: BLE001  (a probe: read_image reports bad files)
+        return False
+
+
 def read_image(source: Path | str | bytes, name: str | None = None) -> np.ndarray:
     """Decode an image file (or its bytes) to uint8 RGB ``(H, W, 3)`` or gray ``(H, W)``.
 

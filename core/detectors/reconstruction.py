@@ -1,4 +1,5 @@
-"""The reconstruction detector: anomaly map = |input - reconstruction| of an AE or VAE, smoothed; image score from the map."""
+"""The reconstruction detector: anomaly map = |input - reconstruction| of an AE or VAE (or 1 - SSIM for an AE
+trained with an SSIM loss), smoothed; image score from the map."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from core.data.loading import load_split, split_train_val
 from core.detectors.maps import gaussian_blur, image_scores
 from core.device import module_device
 from core.models.contract import AnomalyOutput
+from core.models.ssim import ssim_residual
 from core.runs import BEST_CKPT, LoadedRun
 
+RESIDUALS = ("auto", "l1", "ssim")  # auto: what the model was trained with (its ``residual``; else l1)
 STD_FLOOR = 0.1  # the per-pixel std is floored at this share of its mean: few normal images give noisy stds
 
 
@@ -41,20 +44,25 @@ class ReconstructionDetector:
     Args:
         normal: the error statistics of held-out normal images; when given the map is standardized per pixel,
             so regions that reconstruct poorly on every normal image (edges, texture) no longer dominate the score.
+        residual: the per-pixel error: ``l1`` = |x - f(x)| (channel mean), ``ssim`` = (1 - SSIM(x, f(x))) / 2,
+            ``auto`` = the one the model was trained for.
     """
 
-    def __init__(self, model: torch.nn.Module, score: ScoreConfig | None = None, normal: NormalError | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, score: ScoreConfig | None = None, normal: NormalError | None = None,
+                 residual: str = "auto") -> None:
         self.model = model.eval()
         self.score = score or ScoreConfig()
         self.score.validate()
         self.normal = normal
+        self.residual = resolve_residual(model, residual)
 
     @torch.no_grad()
     def error_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The smoothed error map ``[B, H, W]``, the reconstruction and ``|x - recon|``."""
         recon = self.model.reconstruct(x).float()
         diff = (x.float() - recon).abs()
-        return gaussian_blur(diff.mean(1), self.score.smooth_sigma), recon, diff
+        err = ssim_residual(x, recon) if self.residual == "ssim" else diff.mean(1)
+        return gaussian_blur(err, self.score.smooth_sigma), recon, diff
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor):
@@ -65,12 +73,20 @@ class ReconstructionDetector:
         return AnomalyOutput(image_scores(maps, self.score, raw_sum), maps, recon)
 
 
+def resolve_residual(model: torch.nn.Module, residual: str = "auto") -> str:
+    """``l1`` or ``ssim``: ``residual`` itself, or for ``auto`` the model's own (an SSIM-trained AE: ssim)."""
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+    return getattr(model, "residual", "l1") if residual == "auto" else residual
+
+
 @torch.no_grad()
-def normal_error(model: torch.nn.Module, images: torch.Tensor, score: ScoreConfig, batch_size: int = 32) -> NormalError:
+def normal_error(model: torch.nn.Module, images: torch.Tensor, score: ScoreConfig, batch_size: int = 32,
+                 residual: str = "auto") -> NormalError:
     """:class:`NormalError` of uint8 normal images ``[N, C, H, W]`` (N >= 2)."""
     if len(images) < 2:
         raise ValueError("the normal error model needs at least 2 held-out normal images")
-    det = ReconstructionDetector(model, score)
+    det = ReconstructionDetector(model, score, residual=residual)
     device = module_device(model)
     maps = torch.cat([det.error_maps(images[i : i + batch_size].to(device).float().div_(255.0))[0].cpu()
                       for i in range(0, len(images), batch_size)]).double()
@@ -94,13 +110,14 @@ _NORMAL_CACHE: LRUCache[tuple, NormalError] = LRUCache(maxsize=8)
 _NORMAL_LOCK = threading.Lock()
 
 
-def run_normal_error(run: LoadedRun, score: ScoreConfig) -> NormalError:
+def run_normal_error(run: LoadedRun, score: ScoreConfig, residual: str = "auto") -> NormalError:
     """:class:`NormalError` of a run over its own held-out normal images (the training split's seeded
     validation share, never seen by training); all training images when the run held none out. Cached per
     run, checkpoint and score settings."""
     cfg = run.config
     ckpt = run.path / BEST_CKPT
-    key = (str(run.path.resolve()), ckpt.stat().st_mtime_ns if ckpt.exists() else 0, score)
+    residual = resolve_residual(run.model, residual)
+    key = (str(run.path.resolve()), ckpt.stat().st_mtime_ns if ckpt.exists() else 0, score, residual)
     with _NORMAL_LOCK:
         hit = _NORMAL_CACHE.get(key)
     if hit is not None:
@@ -108,7 +125,7 @@ def run_normal_error(run: LoadedRun, score: ScoreConfig) -> NormalError:
     train = load_split(open_dataset(cfg.data, cfg.category, seed=cfg.data_seed), "train", cfg.size, cfg.channels)
     _, val = split_train_val(len(train), cfg.val_fraction, cfg.seed)
     images = train.images[torch.from_numpy(val)] if len(val) >= 2 else train.images
-    out = normal_error(run.model, images, score)
+    out = normal_error(run.model, images, score, residual=residual)
     with _NORMAL_LOCK:
         _NORMAL_CACHE[key] = out
     return out

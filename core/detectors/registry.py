@@ -33,7 +33,11 @@ from core.detectors.fnet_distance import FNetDetector
 from core.detectors.padim import PaDiMDetector
 from core.detectors.patchcore import SCORE_MARGIN, PatchCoreDetector
 from core.detectors.projection import ProjectionDetector
-from core.detectors.reconstruction import ReconstructionDetector, run_normal_error
+from core.detectors.reconstruction import (
+    RESIDUALS,
+    ReconstructionDetector,
+    run_normal_error,
+)
 from core.device import module_device
 from core.errors import DetectorError
 from core.models.contract import Detector
@@ -207,7 +211,9 @@ def _config_from(config_cls: type, settings: Mapping[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------- builders
 def _build_reconstruction(run: LoadedRun, settings: dict[str, Any], device: torch.device) -> Detector:
     score = _score_config(run, settings)
-    return ReconstructionDetector(run.model, score, run_normal_error(run, score) if settings.get("normalize") else None)
+    residual = settings.get("residual") or "auto"
+    normal = run_normal_error(run, score, residual) if settings.get("normalize") else None
+    return ReconstructionDetector(run.model, score, normal, residual)
 
 
 def _build_projection(run: LoadedRun, settings: dict[str, Any], device: torch.device) -> Detector:
@@ -249,7 +255,10 @@ REGISTRY: dict[str, DetectorSpec] = {
             RECONSTRUCTING,
             (Setting("normalize", NORMALIZE_DEFAULT, "standardize the error map per pixel by its mean and std over the "
                      "run's held-out normal images, so that regions every normal image reconstructs poorly do not "
-                     "dominate the score", "bool"), *_SCORE_SETTINGS),
+                     "dominate the score", "bool"),
+             Setting("residual", "auto", "the per-pixel error: l1 = |x - f(x)|, ssim = (1 - SSIM(x, f(x))) / 2 "
+                     "(Bergmann et al. 2019), auto = the one the AE was trained with (its --ae-loss)", "str",
+                     RESIDUALS), *_SCORE_SETTINGS),
             True, 32, _build_reconstruction),
         DetectorSpec(
             "projection", "Iterative projection",

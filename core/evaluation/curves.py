@@ -489,8 +489,12 @@ def check_rule_options(rule: str | None, *, target_fpr: float | None = None, tar
         if any(v is not None for v in (target_fpr, target_tpr, cost_fp, cost_fn, cost_review)):
             raise ConfigError("--target-fpr, --target-tpr and --cost-* need --rule")
         return
+    if rule == "saved":  # the run's saved operating point (core.evaluation.operating) brings its own parameters
+        if any(v is not None for v in (target_fpr, target_tpr, cost_fp, cost_fn, cost_review)):
+            raise ConfigError("--rule saved uses the saved point's targets and costs: leave out --target-* and --cost-*")
+        return
     if rule not in RULES:
-        raise ConfigError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ConfigError(f"--rule must be one of saved, {', '.join(RULES)}, got {rule!r}")
     if rule == "fpr" and target_fpr is None:
         raise ConfigError("--rule fpr needs --target-fpr (the largest share of good parts flagged, e.g. 0.01)")
     if rule == "tpr" and target_tpr is None:

@@ -22,7 +22,13 @@ from core.evaluation.curves import (
     apply_rule,
     check_rule_options,
     curves_for,
+    operating_point,
     summary,
+)
+from core.evaluation.operating import (
+    decision_warnings,
+    point_or_default,
+    resolve_threshold,
 )
 from core.evaluation.scored import (
     ScoredSet,
@@ -126,6 +132,19 @@ def evaluate_with_rule(
     if not own:
         out.update(summary(ss, c))
     out.update(detector=ss.detector, image_auroc_ci=list(c.auroc_ci) if c.auroc_ci else None)
+    if rule == "saved":  # the operating point the pages use, resolved on the same scored set
+        point = point_or_default(run_dir, ss.detector)
+        t, why = resolve_threshold(point, c)
+        res = operating_point(c, t, point.costs)
+        for k in ("n", "n_pos", "n_neg"):
+            res.pop(k, None)
+        out["f1_max_threshold"] = out.get("threshold")
+        out.update(res, rule=point.rule, operating_point={**point.to_dict(), "threshold_used": t, "note_on_rule": why},
+                   warnings=decision_warnings(operating_point(c, t, point.costs)),
+                   target_fpr=point.target_fpr if point.rule == "fpr" else None,
+                   target_tpr=point.target_tpr if point.rule == "tpr" else None,
+                   cost_fp=point.cost_fp, cost_fn=point.cost_fn, cost_review=point.cost_review)
+        return out
     if rule is not None:
         costs = Costs(cost_fp, cost_fn, cost_review or 0.0) if cost_fp is not None and cost_fn is not None else None
         res = apply_rule(c, rule, target_fpr=target_fpr, target_tpr=target_tpr, costs=costs)

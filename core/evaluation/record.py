@@ -31,6 +31,7 @@ from core.evaluation.curves import (
     curves_for,
     operating_point,
 )
+from core.evaluation.operating import decision_warnings
 from core.evaluation.pixel import pixel_curves, pixel_metrics
 from core.evaluation.scored import ScoredSet
 
@@ -209,6 +210,7 @@ class DecisionRecord(_Section):
     rule: str
     preset: str | None = None
     note: str | None = None
+    warnings: str | None = None  # a degenerate decision, in words ("; "-separated; core.evaluation.operating)
     rule_params: RuleParams = field(default_factory=RuleParams)
     costs: RecordCosts = field(default_factory=RecordCosts)
     metrics: RecordMetrics
@@ -383,12 +385,14 @@ def decision_record(
     if pixel_threshold is not None:
         pc = pixel_curves(ss)
         pixel = pixel_metrics(pc, pixel_threshold) if pc is not None else {"threshold": float(pixel_threshold)}
+    warnings = decision_warnings(op, pixel if pixel_threshold is not None and "precision" in pixel else None)
     return DecisionRecord(
         created_utc=(now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(_TIME_FORMAT),
         app_version=app_version or _app_version(), run_id=ss.run_id, detector=ss.detector,
         data=ss.data or None, category=ss.category or None, data_fingerprint=ss.fingerprint_data(),
         label_fingerprint=ss.fingerprint_labels(), n_images=len(ss), n_defective=ss.n_defective,
         n_good=ss.n_good, n_unknown=ss.n_unknown, threshold=float(threshold), rule=rule, preset=preset, note=note,
+        warnings="; ".join(warnings) or None,
         rule_params=RuleParams(target_fpr=target_fpr, target_tpr=target_tpr),
         costs=RecordCosts(cost_fp=cc.cost_fp, cost_fn=cc.cost_fn, cost_review=cc.cost_review) if cc else RecordCosts(),
         metrics=RecordMetrics(**_known(RecordMetrics, op)),

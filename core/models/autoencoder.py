@@ -4,7 +4,8 @@ Encoder: ``depth`` blocks of (3x3 conv, BatchNorm, ReLU) x 2 with channels ``bas
 max-pool between blocks (article: base 16, depth 6, 16 -> 512 channels, 128 px -> 4 px).
 Decoder: ``depth - 1`` stages of (2x2 stride-2 transposed conv, BatchNorm, ReLU) + a two-conv block,
 then a 1x1 conv to the image channels. No output activation, as in the article; the training loss is
-MSE on [0, 1] images and the reconstruction is clamped to [0, 1] for display and scoring.
+MSE on [0, 1] images (``loss="ssim"``: 1 - SSIM, Bergmann et al. 2019; ``"ssim_l1"``: 0.84 (1 - SSIM) +
+0.16 L1, Zhao et al. 2017) and the reconstruction is clamped to [0, 1] for display and scoring.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from torch.nn import functional as F
 from core.config import (
     AEConfig,
 )
+from core.models.ssim import ssim_map
+
+SSIM_L1_WEIGHT = 0.84  # Zhao et al. 2017: the SSIM share of the mixed loss
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -60,10 +64,21 @@ class ConvAutoencoder(nn.Module):
             x = block(up(x))
         return self.head(x)
 
+    @property
+    def residual(self) -> str:
+        """The anomaly map that matches the training loss: ``l1`` (|x - f(x)|) or ``ssim`` (1 - SSIM)."""
+        return "l1" if self.cfg.loss == "mse" else "ssim"
+
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training loss (MSE, mean over pixels and batch) and the raw reconstruction."""
+        """Training loss (mean over pixels and batch; see the module) and the raw reconstruction."""
         recon = self(x)
-        return F.mse_loss(recon.float(), x.float()), recon
+        r, t = recon.float(), x.float()
+        if self.cfg.loss == "mse":
+            return F.mse_loss(r, t), recon
+        dissim = 1.0 - ssim_map(r, t).mean()
+        if self.cfg.loss == "ssim":
+            return dissim, recon
+        return SSIM_L1_WEIGHT * dissim + (1.0 - SSIM_L1_WEIGHT) * F.l1_loss(r, t), recon
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable reconstruction f(x) in [0, 1]."""

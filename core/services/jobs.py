@@ -35,6 +35,7 @@ class JobSnapshot:
     state: dict[str, Any]
     result: Any = None
     error: str | None = None
+    stop_requested: bool = False
 
     @property
     def running(self) -> bool:
@@ -101,7 +102,7 @@ class Job:
         """A deep copy of the job's state, safe to read while the job runs."""
         with self.lock:
             return JobSnapshot(self.id, self.kind, self.title, self.status, self.started, self.ended,
-                               copy.deepcopy(self.state), self.result, self.error)
+                               copy.deepcopy(self.state), self.result, self.error, self.stop_event.is_set())
 
     def request_stop(self) -> None:
         """Ask the job to stop (cooperative)."""

@@ -3,13 +3,20 @@ place the score among the run's test scores. Used by the Try-your-image page; no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.data.images import ImageError, read_image, resize, to_channels, to_float_chw
+from core.data.images import (
+    ImageError,
+    has_transparency,
+    read_image,
+    resize,
+    to_channels,
+    to_float_chw,
+)
 from core.detectors import registry as detectors
 from core.runs import LoadedRun
 
@@ -25,6 +32,7 @@ class Analysis:
     score: float | None = None
     amap: np.ndarray | None = None  # float32 (H, W); None for image-level detectors (the f-Net distance)
     recon: np.ndarray | None = None  # float32 (C, H, W) in [0, 1], None for non-reconstructing detectors
+    notes: tuple[str, ...] = ()  # what was done to the input that the user should know (e.g. transparency)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,11 @@ def analyze_upload(run: LoadedRun, name: str, data: bytes) -> Analysis:
         return Analysis(name, error=str(exc))
     except Exception as exc:  # decoders raise more than ImageError for hostile input (e.g. MemoryError)
         return Analysis(name, error=f"{name}: not a usable image ({type(exc).__name__})")
-    return analyze_image(run, name, img)
+    out = analyze_image(run, name, img)
+    if out.error is None and has_transparency(data):
+        out = replace(out, notes=(*out.notes, "it has transparent pixels: they were composited on black, as the "
+                                              "dataset loader does, before scoring"))
+    return out
 
 
 def position(score: float, scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> Position:

@@ -17,7 +17,7 @@ from core.detectors.reconstruction import ReconstructionDetector
 from core.services.image_request import ImageRequest
 from core.services.jobs import JobContext
 from core.services.panels import display_rgb, display_scale, enlarge_nn
-from core.viz import annotate, heatmap
+from core.viz import annotate, column_headers, heatmap
 
 JOB_KIND = "projection"
 MAX_FRAMES = 51  # stored (and animated) steps: evenly spread over the run, always the first and last
@@ -67,7 +67,7 @@ def projection_task(
     State: ``step``, ``steps``, ``energy`` (mean per step so far). Result: uint8 frames ``x``,
     ``recon``, ``heat`` ``[F, B, H, W, 3]`` for the ``frame_steps``; ``energy`` (mean per step) and
     ``energy_per_image``; the comparison data (``x0``, ``plain_recon``, ``proj_map``, ``recon_map``,
-    their scores and common ``maps_vmax``); ``diverged`` ([(label, step)]); ``stopped``.
+    their scores and colour scales ``proj_vmax`` and ``recon_vmax``); ``diverged`` ([(label, step)]); ``stopped``.
     """
 
     def task(ctx: JobContext) -> dict[str, Any]:
@@ -122,7 +122,10 @@ def projection_task(
             "proj_map": proj_map_np,
             "recon_scores": plain.score.float().cpu().numpy(),
             "proj_scores": proj_scores.float().cpu().numpy(),
-            "maps_vmax": _quantile_vmax(np.concatenate([recon_map.ravel(), proj_map_np.ravel()]), MAP_QUANTILE),
+            # each map on its own colour scale: the projection map is much smaller than the reconstruction error
+            # (on one scale it was nearly uniform dark blue); each scale is stated under the rows
+            "recon_vmax": _quantile_vmax(recon_map, MAP_QUANTILE),
+            "proj_vmax": _quantile_vmax(proj_map_np, MAP_QUANTILE),
             "masks": masks,
             "diverged": [(labels[i], s) for i, s in enumerate(last.diverged_step) if s is not None],
             "stopped": stopped,
@@ -153,10 +156,15 @@ def animation_frames(result: dict[str, Any]) -> np.ndarray:
     return composite([result["x"], result["recon"], result["heat"]], gap=frame_gap(result))
 
 
+GIF_COLUMNS = ["x_t", "f(x_t)", "|x_t - x0|"]  # the composite's columns (OpenCV's font has no subscripts)
+
+
 def gif_frames(result: dict[str, Any]) -> list[np.ndarray]:
-    """Enlarged, captioned composites for the GIF: "step t/T  E=..."."""
+    """Enlarged composites for the GIF with their column names and a caption "step t/T  E=..."."""
     factor = display_scale(result["x"].shape[2], GIF_PX)
     frames = animation_frames(result)
     energy = result["energy"]
-    return [annotate(enlarge_nn(frames[k], factor), f"step {step}/{result['steps']}  E={energy[step]:.1f}")
+    col, gap = result["x"].shape[3] * factor, frame_gap(result) * factor
+    return [annotate(column_headers(enlarge_nn(frames[k], factor), GIF_COLUMNS, col, gap),
+                     f"step {step}/{result['steps']}  E={energy[step]:.1f}")
             for k, step in enumerate(result["frame_steps"])]

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from core.detectors import registry as detectors
-from core.evaluation.curves import PRESETS, Costs, Curves, apply_rule, choose_threshold
+from core.evaluation.curves import PRESETS, Costs, Curves
+from core.evaluation.operating import rule_threshold  # noqa: F401  (re-exported: the pages' API)
 from core.evaluation.record import DecisionRecord, decision_record
 from core.evaluation.scored import ScoredSet, scored_set
 from core.services.jobs import JobContext
@@ -41,18 +42,6 @@ def entry_label(entry: str, by_id: Mapping[str, Mapping[str, Any]]) -> str:
     run_id, det = entry.split("|")
     model = by_id.get(run_id, {}).get("config", {}).get("model", "?").upper()
     return f"{model} · {run_id} · {detector_title(det)}"
-
-
-def rule_threshold(curves: Curves, rule: str, params: Mapping[str, Any]) -> float:
-    """The threshold ``rule`` (``f1``, ``youden``, ``fpr``, ``tpr``, ``cost`` or ``preset:<name>``) picks on ``curves``.
-
-    ``params``: ``target_fpr``, ``target_tpr`` and ``costs`` (:class:`Costs`). Raises ValueError when the
-    rule cannot be applied.
-    """
-    if rule.startswith("preset:"):
-        return float(apply_rule(curves, "f1", preset=rule.split(":", 1)[1])["threshold"])
-    return choose_threshold(curves, rule, target_fpr=params["target_fpr"], target_tpr=params["target_tpr"],
-                            costs=params["costs"])
 
 
 def record_for(ss: ScoredSet, threshold: float, curves: Curves, rule: str, params: Mapping[str, Any],

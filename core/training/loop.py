@@ -230,9 +230,12 @@ def fit(
                 last_saved = time.monotonic()
             elapsed = time.monotonic() - started
             per_epoch = elapsed / max(1, epoch - start_epoch + 1)
+            eta = per_epoch * (cfg.epochs - epoch)
+            if cfg.max_minutes:  # the time budget ends training first when it is shorter
+                eta = max(0.0, min(eta, cfg.max_minutes * 60 - elapsed))
             if progress:
                 progress(Progress("epoch", epoch, cfg.epochs, batches, batches, train_loss, val_loss, best_val, elapsed,
-                                  per_epoch * (cfg.epochs - epoch), objective.preview(model, precision), list(history)))
+                                  eta, objective.preview(model, precision), list(history)))
             ended = stop_reason(cfg, epoch, best_epoch, elapsed)
             if ended:
                 status = ended

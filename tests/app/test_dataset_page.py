@@ -30,6 +30,11 @@ def _thumbnail_count(at: AppTest) -> int:
     return len(at.get("image")) - 1
 
 
+def _thumb_labels(at: AppTest) -> list[str]:
+    """The thumbnails' labels (buttons under them that open the full-size view)."""
+    return [b.label for b in at.button if (b.key or "").startswith("dataset_open_")]
+
+
 def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [w.value for w in at.warning]
     parts += [i.value for i in at.info] + [s.value for s in at.success] + [e.label for e in at.expander]
@@ -51,14 +56,19 @@ def test_dataset_page_on_builtin_synthetic() -> None:
     assert list(at.selectbox(key="dataset_page_size").options) == ["24", "48", "96", "300"]
     assert len(at.get("pagination")) == 1
     assert _thumbnail_count(at) == 48
-    assert all(" · " in c for img in at.get("image")[:-1] for c in img.captions)
+    labels = _thumb_labels(at)
+    assert len(labels) == 48 and all(" · " in c for c in labels)
+    # a thumbnail opens the full-size view
+    at.button(key="dataset_open_5").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["dataset_view"].endswith(labels[5].split(" · ", 1)[1])
 
     # Filter to one defect type: only its images, each with a mask.
     at.multiselect(key="dataset_defects").set_value(["broken"]).run()
     assert not at.exception
     n_broken = int(counts.loc[counts["defect"] == "broken", "count"].sum())
     assert _thumbnail_count(at) == n_broken
-    assert all(c.startswith("broken · ") for img in at.get("image")[:-1] for c in img.captions)
+    assert all(c.startswith("broken · ") for c in _thumb_labels(at))
     at.checkbox(key="dataset_only_mask").check().run()
     assert not at.exception and _thumbnail_count(at) == n_broken
     assert "ground_truth/broken/" in _texts(at)
@@ -130,7 +140,7 @@ def test_dataset_page_lists_skipped_and_corrupt_files(custom_tree: Path) -> None
     assert any("test/dent/readme.txt" in set(t["file"]) for t in tables)
     assert any("test/dent/003.png" in set(t["file"]) for t in tables)
     assert any("cannot be decoded" in w.value for w in at.warning)
-    assert any("(unreadable)" in c for img in at.get("image") for c in img.captions)
+    assert any("(unreadable)" in c for c in _thumb_labels(at))
 
     # A defect image without a mask says so.
     labels = list(at.selectbox(key="dataset_view").options)  # "defect · name · split"

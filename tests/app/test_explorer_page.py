@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.evaluation.curves import Costs, choose_threshold, curves_for, operating_point
+from core.evaluation.operating import clear_point, load_point
 from core.evaluation.pixel import pixel_curves
 from core.evaluation.record import decision_record
 from core.evaluation.scored import scored_set
@@ -55,9 +56,10 @@ def test_threshold_page_rules_comparison_and_consequences(two_runs: tuple[Path, 
     assert at.title[0].value == "Threshold"
     ss = scored_set(a)
     curves = curves_for(ss)
-    assert at.selectbox(key=explorer.KEY_RULE).value == "f1"
-    assert at.session_state[explorer.KEY_T] == pytest.approx(curves.f1_threshold)
-    op = operating_point(curves, curves.f1_threshold)
+    assert at.selectbox(key=explorer.KEY_RULE).value == "youden"  # the default rule (core.evaluation.operating)
+    youden = choose_threshold(curves, "youden")
+    assert at.session_state[explorer.KEY_T] == pytest.approx(youden)
+    op = operating_point(curves, youden)
     assert _metric(at, "Defects caught (TPR)") == f"{op['tpr']:.1%}"
     assert _metric(at, "Flagged") == f"{op['flagged']} of {op['n']}"
 
@@ -167,11 +169,67 @@ def test_chosen_threshold_is_used_by_results_try_and_label_pages(two_runs: tuple
     ss = scored_set(a)
     mid = float(sorted(ss.scores)[len(ss.scores) // 3])
     at.number_input(key=explorer.KEY_TYPED).set_value(mid).run()
+    at.number_input(key=explorer.KEY_COST_FP).set_value(3.0).run()
+    saved = load_point(a, "reconstruction")
+    assert saved is not None and saved.rule == "manual" and saved.threshold == pytest.approx(mid) and saved.cost_fp == 3.0
+    named = "the manual threshold of the operating point saved"
     at.switch_page("views/try_image.py").run()
     assert not at.exception, at.exception
-    assert any("the threshold chosen on the Threshold page" in c.value for c in at.caption)
+    assert any(named in c.value for c in at.caption)
     at.switch_page("views/results.py").run()
     assert not at.exception, at.exception
+    assert any(named in c.value and f"({mid:.4g})" in c.value for c in at.caption)
     at.switch_page("views/labeling.py").run()
     assert not at.exception, at.exception
-    assert any(f"threshold {mid:.4g}: the threshold chosen" in c.value for c in at.caption)
+    assert any(f"threshold {mid:.4g}: {named}" in c.value for c in at.caption)
+
+    # Back on Threshold (its widget values were dropped by Streamlit on the way): the same choice.
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=explorer.KEY_RULE).value == "manual"
+    assert at.session_state[explorer.KEY_T] == pytest.approx(mid)
+    assert at.number_input(key=explorer.KEY_COST_FP).value == 3.0
+
+    # A new session (a reload, or a server restart) finds the run and its operating point again.
+    again = AppTest.from_file(APP, default_timeout=120).run()
+    again.switch_page(PAGE).run()
+    assert not again.exception, again.exception
+    assert again.selectbox(key=ui.KEY_RUN).value == a.name
+    assert again.selectbox(key=explorer.KEY_RULE).value == "manual"
+    assert again.session_state[explorer.KEY_T] == pytest.approx(mid)
+    assert again.number_input(key=explorer.KEY_COST_FP).value == 3.0
+    clear_point(a, "reconstruction")
+
+
+def test_threshold_url_opens_the_run_detector_and_threshold(two_runs: tuple[Path, Path]) -> None:
+    a, b = two_runs
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"data": "builtin:synthetic", "category": "bottle", "run": b.name,
+                            "detector": "reconstruction", "threshold": "0.0123"})
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=ui.KEY_RUN).value == b.name
+    assert at.selectbox(key=explorer.KEY_RULE).value == "manual"
+    assert at.session_state[explorer.KEY_T] == pytest.approx(0.0123)
+    saved = load_point(b, "reconstruction")
+    assert saved is not None and saved.threshold == pytest.approx(0.0123)  # saved as the run's operating point
+    assert at.query_params["run"] == [b.name] or at.query_params["run"] == b.name
+    clear_point(b, "reconstruction")
+
+
+def test_switching_runs_gives_the_new_runs_pixel_threshold(two_runs: tuple[Path, Path]) -> None:
+    a, b = two_runs
+    at = _open(a.name)
+    lo = at.slider(key=explorer.KEY_PIXEL_T).min
+    at.slider(key=explorer.KEY_PIXEL_T).set_value(lo).run()
+    assert not at.exception, at.exception
+    assert any("precision" in w.value for w in at.warning)  # every pixel segmented: a visible warning
+    assert load_point(a, "reconstruction").pixel_threshold == pytest.approx(lo)
+    at.selectbox(key=ui.KEY_RUN).set_value(b.name).run()
+    assert not at.exception, at.exception
+    pc = pixel_curves(scored_set(b))
+    assert at.slider(key=explorer.KEY_PIXEL_T).value == pytest.approx(float(pc.f1_threshold), rel=1e-6)
+    at.selectbox(key=ui.KEY_RUN).set_value(a.name).run()
+    assert at.slider(key=explorer.KEY_PIXEL_T).value == pytest.approx(lo)  # and a's own comes back
+    clear_point(a, "reconstruction")

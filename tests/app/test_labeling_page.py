@@ -67,6 +67,19 @@ def test_label_buttons_store_advance_and_undo(fabric_run: Path) -> None:
     assert store.get(KEY, third) is None
     assert any("Undone" in t.value for t in at.toast)
     assert any("labeled by hand" in c.value for c in at.sidebar.caption)
+    # G then Z: the undo acts on the image just labeled (the page has advanced), shows it and names it.
+    fourth = _current(at)
+    at.button(key="label_good").click().run()
+    assert store.get(KEY, fourth).label == "good" and _current(at) != fourth
+    at.button(key="label_undo").click().run()
+    assert store.get(KEY, fourth) is None and _current(at) == fourth
+    assert any("Undone on" in t.value and Path(fourth).name in t.value for t in at.toast)
+    # Redo puts it back; a second Undo then goes further back, to "defective" on the second image.
+    at.button(key="label_redo").click().run()
+    assert store.get(KEY, fourth).label == "good"
+    at.button(key="label_undo").click().run()
+    at.button(key="label_undo").click().run()
+    assert store.get(KEY, fourth) is None and store.get(KEY, second) is None and _current(at) == second
     # Model-based queues and the heatmap.
     for queue in ("disagree", "closest", "random"):
         at.segmented_control(key=labeling.KEY_QUEUE).set_value(queue).run()

@@ -100,7 +100,7 @@ def test_projection_page_runs_a_job_shows_animation_comparison_gif_and_reuses_re
     heads = [m.value for m in at.markdown]
     for head in ("**Test image**", "**Plain reconstruction f(x₀)**", "**Projection result x_T**"):
         assert head in heads
-    assert sum(1 for c in at.caption if c.value.startswith("Both maps on one colour scale")) == 1
+    assert sum(1 for c in at.caption if c.value.startswith("Each map on its own colour scale")) == 1
     assert any("3 of 3 steps" in c.value for c in at.caption)
     downloads = at.get("download_button")
     assert len(downloads) == 1 and "GIF" in downloads[0].proto.label

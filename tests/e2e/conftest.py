@@ -92,22 +92,36 @@ def page(browser, app_server: str):
 
 
 @pytest.fixture(scope="session")
-def server_vae_run(app_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny VAE trained inside the server's workspace (the app_server fixture makes "e2e_workspace*")."""
-    from core.config import TrainConfig
-    from core.training.loop import fit
-
+def server_workspace(app_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's workspace folder (the app_server fixture makes "e2e_workspace*")."""
     found = sorted(tmp_path_factory.getbasetemp().glob("e2e_workspace*"), key=lambda p: p.stat().st_mtime)
     if not found:
         pytest.fail("the app_server fixture's workspace was not found under the pytest base temp folder")
+    return found[-1]
+
+
+def _fit_in(workspace: Path, **kw) -> Path:
+    from core.config import TrainConfig
+    from core.training.loop import fit
+
     old = os.environ.get("ANOMALYLAB_HOME")
-    os.environ["ANOMALYLAB_HOME"] = str(found[-1])
+    os.environ["ANOMALYLAB_HOME"] = str(workspace)
     try:
-        run_dir = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="vae", size=32, z_dim=16, base_channels=8,
-                                  epochs=1, device="cpu"))
+        return fit(TrainConfig(data="builtin:synthetic", category="bottle", device="cpu", **kw))
     finally:
         if old is None:
             os.environ.pop("ANOMALYLAB_HOME", None)
         else:
             os.environ["ANOMALYLAB_HOME"] = old
-    yield run_dir
+
+
+@pytest.fixture(scope="session")
+def server_vae_run(server_workspace: Path) -> Iterator[Path]:
+    """A tiny VAE trained inside the server's workspace."""
+    yield _fit_in(server_workspace, model="vae", size=32, z_dim=16, base_channels=8, epochs=1)
+
+
+@pytest.fixture(scope="session")
+def server_ae_run(server_workspace: Path, server_vae_run: Path) -> Iterator[Path]:
+    """A tiny AE trained inside the server's workspace (after the VAE: the newest run)."""
+    yield _fit_in(server_workspace, model="ae", size=32, base_channels=4, depth=3, epochs=1)

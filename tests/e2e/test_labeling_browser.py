@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import screenshot, wait_idle
+from browser_helpers import (
+    label_image_on_screen,
+    press_and_advance,
+    screenshot,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -24,19 +29,9 @@ def test_keys_g_and_d_store_two_labels(page, app_server: str, tmp_path_factory: 
     page.goto(f"{app_server}/label")
     wait_idle(page)
     page.get_by_role("heading", name="Label").first.wait_for(timeout=60_000)
-    first = page.locator("[data-testid='stMarkdownContainer'] strong").filter(has_text="test/").first.text_content()
-    page.get_by_role("heading", name="Label").first.click()  # focus the page, not an input
-    page.keyboard.press("g")
-    wait_idle(page)
-    page.wait_for_function("p => ![...document.querySelectorAll('strong')].some(e => e.textContent === p)", arg=first,
-                           timeout=30_000)  # moved on to the next image
-    wait_idle(page)
-    second = page.locator("[data-testid='stMarkdownContainer'] strong").filter(has_text="test/").first.text_content()
-    page.keyboard.press("d")
-    wait_idle(page)
-    page.wait_for_function("p => ![...document.querySelectorAll('strong')].some(e => e.textContent === p)", arg=second,
-                           timeout=30_000)
-    wait_idle(page)
+    first = label_image_on_screen(page)
+    second = press_and_advance(page, "g", first)  # moved on to the next image
+    press_and_advance(page, "d", second)
     screenshot(page, "label_after_g_d")
     after = db.labels_for(key)
     assert after[first].label == "good" and after[second].label == "defective"

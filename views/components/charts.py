@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.services.results_view import TEST_GOOD_CLASS, TRAIN_CLASS
-from core.viz import heatmap, mask_contour, strip
+from core.viz import heatmap, heatmap_anchored, mask_contour, strip
 from views.components.display import DEFECT_COLOR, GOOD_COLOR, TRAIN_COLOR, enlarge
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728", "#7f7f7f", "#393b79",
@@ -27,7 +27,9 @@ def image_strip(view: dict[str, Any], i: int, outline: bool) -> np.ndarray:
     if view["recons"] is not None:
         panels.append(enlarge(view["recons"][i]))
     if view["maps"] is not None:
-        panels.append(enlarge(heatmap(view["maps"][i], 0.0, view["vmax"])))
+        anchor = view.get("pixel_anchor")  # colour relative to the pixel threshold (red = at or above it)
+        panels.append(enlarge(heatmap_anchored(view["maps"][i], anchor) if anchor is not None
+                              else heatmap(view["maps"][i], 0.0, view["vmax"])))
     return strip(panels, gap=4)
 
 

@@ -95,9 +95,9 @@ def fmt_score(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 file``, ``2,000 files``."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 file``, ``2,000 files`` (``nouns``: an irregular plural, e.g. ``misses``)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def fmt_bytes(n: int) -> str:

@@ -90,6 +90,13 @@ def pick_field(source: str, keys: PickerKeys, names: Sequence[str], limit: int, 
     return Choice(source, [], list(files or []))
 
 
+def picked_count(keys: PickerKeys) -> int:
+    """How many images the picker holds now (test picks or uploads, as last submitted)."""
+    if (st.session_state.get(keys.source) or SOURCE_TEST) == SOURCE_TEST:
+        return len(st.session_state.get(keys.images) or [])
+    return len(st.session_state.get(keys.uploads) or [])
+
+
 def run_button(col: DeltaGenerator, label: str, key: str) -> bool:
     """The form's primary submit button."""
     return col.form_submit_button(label, type="primary", icon=":material/play_arrow:", key=key, width="stretch")

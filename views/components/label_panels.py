@@ -17,8 +17,8 @@ from core.data.index import DatasetIndex
 from core.evaluation.scored import ScoredSet
 from core.labels.export import export_mvtec
 from core.services import label_review
-from core.services.label_review import LABEL_NAMES, canvas_mask
-from core.viz import heatmap, heatmap_vmax, mask_contour, overlay
+from core.services.label_review import LABEL_NAMES, canvas_mask, resize_mask
+from core.viz import heatmap, heatmap_anchored, heatmap_vmax, mask_contour, overlay
 from core.workspace import workspace_dir
 from views.components import ui
 from views.components.display import GOOD
@@ -28,15 +28,19 @@ from views.components.label_actions import (
     KEY_CANVAS_VERSION,
     KEY_DEFECT,
     KEY_HEAT,
+    KEY_HEAT_ALPHA,
+    KEY_HEAT_ANCHOR,
     KEY_IMPORT,
     KEY_NOTE,
     KEY_PAINT,
     KEY_TOOL,
     KEY_TRAIL,
+    KEY_UNDONE,
     back,
     go,
     import_upload,
     label,
+    redo,
     save_mask,
     undo,
 )
@@ -58,7 +62,10 @@ def native_shape(path: str) -> tuple[int, int] | None:
     return label_review.native_shape(path)
 
 
-def draw_image(sample: Any, rel: str, ss: ScoredSet | None, record: Any, dataset: str) -> None:
+def draw_image(sample: Any, rel: str, ss: ScoredSet | None, record: Any, dataset: str,
+               pixel_threshold: float | None = None) -> None:
+    """The image (with the heatmap, masks, or the mask painter); ``pixel_threshold``: colour the heatmap
+    relative to it when the user asks."""
     img = display_image(str(sample.path), sample.path.stat().st_mtime_ns if sample.path.exists() else 0)
     if isinstance(img, str):
         st.error(f"This image cannot be shown: {img}")
@@ -73,7 +80,9 @@ def draw_image(sample: Any, rel: str, ss: ScoredSet | None, record: Any, dataset
     if st.session_state.get(KEY_HEAT) and ss is not None and ss.maps is not None and rel in set(ss.paths):
         amap = cv2.resize(ss.maps[ss.index_of(rel)].astype(np.float32), (img.shape[1], img.shape[0]),
                           interpolation=cv2.INTER_LINEAR)
-        shown = overlay(img, heatmap(amap, 0.0, heatmap_vmax(ss.maps)))
+        anchor = pixel_threshold if st.session_state.get(KEY_HEAT_ANCHOR) else None
+        heat = heatmap_anchored(amap, anchor) if anchor is not None else heatmap(amap, 0.0, heatmap_vmax(ss.maps))
+        shown = overlay(img, heat, float(st.session_state.get(KEY_HEAT_ALPHA, 0.45)))
     if mine is not None:
         shown = mask_contour(shown, mine, color=(255, 40, 40))
     if sample.mask_path is not None:
@@ -106,7 +115,8 @@ def draw_canvas(img: np.ndarray, mine: np.ndarray | None, rel: str, path: str, d
     shape = native_shape(path) or img.shape[:2]
     st.button("Save mask", type="primary", icon=":material/save:", on_click=save_mask, args=(dataset, rel, path, mask, shape),
               disabled=not mask.any() and mine is None, help="Store the painted region as this image's defect mask.")
-    st.caption(f"{int(mask.sum())} pixels painted at display size. Red strokes add to the mask, blue strokes remove.")
+    st.caption(f"{int(resize_mask(mask, shape).sum()):,} defect pixels at the image's {shape[1]}×{shape[0]} px (what Save "
+               "mask stores). Red strokes add to the mask, blue strokes remove.")
 
 
 def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str, ss: ScoredSet | None,
@@ -132,19 +142,24 @@ def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str,
     st.text_input("Note", key=KEY_NOTE, placeholder="optional")
     b = st.columns(3)
     args = (dataset, rel, str(sample.path))
+    current = record.label if record is not None else None  # the stored label's button is highlighted
+    kind = lambda value: "primary" if current == value else "secondary"  # noqa: E731
     b[0].button("Good", shortcut="G", on_click=label, args=(*args, "good", next_rel), width="stretch",
-                icon=":material/check_circle:", key="label_good")
+                icon=":material/check_circle:", key="label_good", type=kind("good"))
     b[1].button("Defective", shortcut="D", on_click=label, args=(*args, "defective", next_rel), width="stretch",
-                icon=":material/report:", type="primary", key="label_defective")
+                icon=":material/report:", type=kind("defective"), key="label_defective")
     b[2].button("Unsure", shortcut="U", on_click=label, args=(*args, "unsure", next_rel), width="stretch",
-                icon=":material/help:", key="label_unsure")
-    b = st.columns(3)
+                icon=":material/help:", key="label_unsure", type=kind("unsure"))
+    b = st.columns(4)
     b[0].button("Previous", shortcut="Left", on_click=back, width="stretch", disabled=not st.session_state.get(KEY_TRAIL),
                 icon=":material/arrow_back:", key="label_prev", help="The image shown before this one.")
     b[1].button("Next", shortcut="Right", on_click=go, args=(next_rel,), width="stretch", disabled=next_rel is None,
                 icon=":material/arrow_forward:", key="label_next")
     b[2].button("Undo", shortcut="Z", on_click=undo, args=(dataset, rel), width="stretch", icon=":material/undo:",
-                key="label_undo", help="Restore this image's previous label (repeat to go further back).")
+                key="label_undo", help="Undo your last labeling action, on whichever image it was (that image is shown; "
+                                       "repeat to go further back).")
+    b[3].button("Redo", shortcut="Y", on_click=redo, args=(dataset,), width="stretch", icon=":material/redo:",
+                key="label_redo", disabled=not st.session_state.get(KEY_UNDONE), help="Put back what Undo took away.")
     history = ui.label_store().history(dataset, rel)
     if history:
         with st.expander(f"History ({len(history)})"):

@@ -125,13 +125,14 @@ def draw_animation(snap: JobSnapshot) -> None:
 
 
 def draw_comparison(snap: JobSnapshot) -> None:
-    """The article's rows: test image, plain reconstruction, projection result, and the two maps on one scale."""
+    """The article's rows: test image, plain reconstruction, projection result, and the two maps (each on its own
+    colour scale, stated below)."""
     r = snap.result
     defects = snap.state.get("defects") or [None] * len(r["labels"])
     map_mode = snap.state.get("config", {}).get("map_mode", "projection")
     st.subheader("Plain reconstruction vs. projection")
     factor = display_scale(r["x0"].shape[1])
-    vmax = r["maps_vmax"]
+    v_proj, v_recon = r["proj_vmax"], r["recon_vmax"]
     heads = ["Test image", "Plain reconstruction f(x₀)", "Projection result x_T", f"Projection map {MAP_MODE_LABELS[map_mode]}",
              "Reconstruction error |x₀ − f(x₀)|"]
     if r["plain_recon"] is None:
@@ -144,15 +145,17 @@ def draw_comparison(snap: JobSnapshot) -> None:
             panels = [outlined(r["x0"][i], r["masks"][i], factor)]
             if r["plain_recon"] is not None:
                 panels.append(r["plain_recon"][i])
-            panels += [r["x_final"][i], heatmap(r["proj_map"][i], 0.0, vmax), heatmap(r["recon_map"][i], 0.0, vmax)]
+            panels += [r["x_final"][i], heatmap(r["proj_map"][i], 0.0, v_proj), heatmap(r["recon_map"][i], 0.0, v_recon)]
             cols[0].markdown(f"**{label}**  \n{truth_badge(defects[i])}")
             captions = [None] * (len(panels) - 2) + [f"score {fmt_score(float(r['proj_scores'][i]))}",
                                                      f"score {fmt_score(float(r['recon_scores'][i]))}"]
             for k, (col, img, cap) in enumerate(zip(cols[1:], panels, captions)):
                 col.image(img if k == 0 else enlarge_nn(img, factor), caption=cap, output_format="PNG")
     outline = " Green outline: the ground-truth defect mask." if any(m is not None for m in r["masks"]) else ""
-    colorbar_caption(f"Both maps on one colour scale, 0 (blue) to {vmax:.3g} (red) = the {MAP_QUANTILE:.1%} quantile of the two; "
-                     f"smoothed and scored like the run's test scores.{outline} A plain reconstruction removes the defect but "
+    colorbar_caption(f"Each map on its own colour scale, 0 (blue) to the {MAP_QUANTILE:.1%} quantile of its rows (red): "
+                     f"projection map {v_proj:.3g}, reconstruction error {v_recon:.3g}; smoothed and scored like the run's "
+                     f"test scores (compare the scores, not the colours, across the two).{outline} A plain reconstruction "
+                     "removes the defect but "
                      "blurs the whole image; the projection should keep the image sharp and move only the defect.")
 
 

@@ -18,6 +18,12 @@ SMALL = {"height": 260, "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "plot_bg
 LARGE = dict(SMALL, height=420)
 
 
+def _below_legend(n_entries: int) -> dict[str, Any]:
+    """A legend under the plot, one entry per line (long run names are never cut), and the room it needs."""
+    return {"legend": {"orientation": "v", "yanchor": "top", "y": -0.16, "x": 0, "xanchor": "left", "font": {"size": 11}},
+            "height": LARGE["height"] + 20 * n_entries, "margin": dict(LARGE["margin"], b=20 * n_entries + 40)}
+
+
 def roc_figure(entries: list[tuple[str, Curves]], op: dict[str, Any], iso: dict[str, Any] | None) -> go.Figure:
     """ROC curves (the first is the primary, clickable), the operating point and the iso-cost line."""
     fig = go.Figure()
@@ -35,7 +41,7 @@ def roc_figure(entries: list[tuple[str, Curves]], op: dict[str, Any], iso: dict[
                         line={"color": "#888", "dash": "dash", "width": 1.5})
     fig.add_scatter(x=[op["fpr"]], y=[op["tpr"]], mode="markers", name="operating point", hoverinfo="skip",
                     marker={"size": 14, "color": POINT, "symbol": "circle", "line": {"color": "white", "width": 2}})
-    fig.update_layout(**LARGE, clickmode="event+select", legend={"orientation": "h", "y": -0.18, "font": {"size": 11}},
+    fig.update_layout(**{**LARGE, **_below_legend(len(entries) + 1 + (iso is not None))}, clickmode="event+select",
                       xaxis={"title": "false-alarm rate (FPR)", "range": [-0.02, 1.02], "gridcolor": "#eee", "constrain": "domain"},
                       yaxis={"title": "defects caught (TPR)", "range": [-0.02, 1.02], "gridcolor": "#eee",
                              "scaleanchor": "x", "scaleratio": 1})
@@ -50,7 +56,7 @@ def pr_figure(entries: list[tuple[str, Curves]], op: dict[str, Any]) -> go.Figur
                         line={"color": COLORS[k % len(COLORS)], "width": 2.5 if k == 0 else 1.8, "shape": "hv"})
     fig.add_scatter(x=[op["recall"]], y=[op["precision"]], mode="markers", name="operating point", hoverinfo="skip",
                     marker={"size": 14, "color": POINT, "line": {"color": "white", "width": 2}})
-    fig.update_layout(**LARGE, legend={"orientation": "h", "y": -0.18, "font": {"size": 11}},
+    fig.update_layout(**{**LARGE, **_below_legend(len(entries) + 1)},
                       xaxis={"title": "recall (defects caught)", "range": [-0.02, 1.02], "gridcolor": "#eee"},
                       yaxis={"title": "precision (flagged that are defective)", "range": [-0.02, 1.02], "gridcolor": "#eee"})
     return fig

@@ -21,6 +21,8 @@ from core.config import DETECTOR_MODELS
 from core.data.builtin import all_datasets, categories, is_builtin, open_dataset
 from core.data.images import IMAGE_SUFFIXES, ImageError, read_image, resize, to_channels
 from core.data.index import DatasetError, DatasetIndex
+from core.evaluation.curves import curves_for
+from core.evaluation.operating import operating_threshold as core_operating_threshold
 from core.evaluation.scored import ScoredSet
 from core.labels.effective import EffectiveLabels, effective_labels, relabel_scored
 from core.labels.store import LabelStore, dataset_key
@@ -34,7 +36,13 @@ from core.runs import (
     read_history,
 )
 from core.services.jobs import Job, JobRegistry, JobSnapshot
-from core.workspace import AccessError, check_allowed, default_allowed_roots
+from core.workspace import (
+    AccessError,
+    check_allowed,
+    default_allowed_roots,
+    last_selection,
+    save_last_selection,
+)
 
 # Session-state keys (the only ones the app uses).
 KEY_SOURCE = "sidebar_source"
@@ -42,10 +50,14 @@ KEY_CUSTOM_PATH = "sidebar_custom_path"
 KEY_CATEGORY = "sidebar_category"
 KEY_RUN = "sidebar_run"
 KEY_LABEL_SOURCE = "sidebar_label_source"
-KEY_THRESHOLD = "thr_threshold"  # the image threshold chosen on the Threshold page (kept across pages)
-KEY_THRESHOLD_FOR = "thr_threshold_for"  # "<run id>|<detector>|<label fingerprint>" it was chosen for
+KEY_THRESHOLD = "thr_threshold"  # the Threshold page's image threshold (the stored operating point is the truth)
 LABEL_SOURCE_NAMES = {"dataset": "Dataset folders", "mine": "My labels", "merged": "Merged: mine override"}
 KEY_TRAIN_JOB = "train_job_id"
+KEY_URL_WRITTEN = "_url_written"  # the query parameters this session last wrote (a different value is the user's)
+KEY_LAST_SAVED = "_last_selection_saved"
+# The URL's query parameters (a contract: shared links and scripts use these names).
+URL_DATA, URL_CATEGORY, URL_RUN, URL_LABELS = "data", "category", "run", "labels"
+URL_DETECTOR, URL_THRESHOLD = "detector", "threshold"
 PERSIST_PREFIX = "_kept_"
 SOURCE_TEST = "Test images"  # image pickers of the Projection and Ano-Unet pages
 SOURCE_UPLOAD = "Upload"
@@ -114,8 +126,10 @@ def _runs_signature() -> tuple:
 
 
 def run_summaries() -> list[dict]:
-    """One dict per run folder: id, path, config, status, metrics, has_model (newest first)."""
-    return _run_summaries(_runs_signature())
+    """One dict per run folder: id, path, config, status, metrics, has_model (newest first). A "running" run
+    is checked again each time (its process may have died without a file changing: then "interrupted")."""
+    return [dict(r, status=read_history(Path(r["path"])).get("status")) if r["status"] == "running" else r
+            for r in _run_summaries(_runs_signature())]
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -173,6 +187,7 @@ def sidebar() -> Selection:
 
     Every page calls this once, first (via :func:`selection`).
     """
+    _selection_from_url()
     for key in (KEY_SOURCE, KEY_CUSTOM_PATH, KEY_CATEGORY, KEY_RUN, KEY_LABEL_SOURCE):
         _restore(key)
     sel = _sidebar()
@@ -180,7 +195,80 @@ def sidebar() -> Selection:
         return sel
     from dataclasses import replace
 
-    return replace(sel, label_source=_label_source_picker(sel.data, sel.category))
+    sel = replace(sel, label_source=_label_source_picker(sel.data, sel.category))
+    _selection_to_url(sel)
+    return sel
+
+
+# ------------------------------------------------------------------ the URL and the last selection
+def url_param(name: str) -> str | None:
+    """The query parameter ``name`` when the user gave it (opened or edited the URL): None when absent or
+    equal to what this session wrote there itself."""
+    value = st.query_params.get(name)
+    if value is None or value == st.session_state.get(KEY_URL_WRITTEN, {}).get(name):
+        return None
+    return value
+
+
+def url_write(**values: str | None) -> None:
+    """Put ``values`` in the URL (None removes a name), so that it can be shared and survives a reload."""
+    written = dict(st.session_state.get(KEY_URL_WRITTEN, {}))
+    for name, value in values.items():
+        if value is None:
+            if name in st.query_params:
+                del st.query_params[name]
+            written.pop(name, None)
+        else:
+            if st.query_params.get(name) != value:
+                st.query_params[name] = value
+            written[name] = value
+    st.session_state[KEY_URL_WRITTEN] = written
+
+
+def _choose(widget_key: str, value: Any) -> None:
+    st.session_state[widget_key] = value
+    st.session_state[PERSIST_PREFIX + widget_key] = value
+
+
+def _selection_from_url() -> None:
+    """Apply ``data``, ``category``, ``run`` and ``labels`` of the URL to the sidebar; a fresh session without
+    them starts from the last selection saved in the workspace (so a reload or a new tab finds the same run)."""
+    fresh = PERSIST_PREFIX + KEY_SOURCE not in st.session_state and KEY_SOURCE not in st.session_state
+    given = {k: url_param(k) for k in (URL_DATA, URL_CATEGORY, URL_RUN, URL_LABELS)}
+    if fresh and not any(given.values()):
+        given = {k: v for k, v in last_selection().items() if k in given and isinstance(v, str)}
+        if given.get(URL_DATA) and given[URL_DATA] not in _source_options() and not _usable_folder(given[URL_DATA]):
+            given = {}  # the remembered folder is gone or no longer allowed: start from the defaults
+    data = given.get(URL_DATA)
+    if data:
+        if data in _source_options():
+            _choose(KEY_SOURCE, data)
+        else:
+            _choose(KEY_SOURCE, CUSTOM_SOURCE)
+            _choose(KEY_CUSTOM_PATH, data)
+    if given.get(URL_CATEGORY):
+        _choose(KEY_CATEGORY, given[URL_CATEGORY])
+    if given.get(URL_RUN):
+        _choose(KEY_RUN, given[URL_RUN])
+    if given.get(URL_LABELS) in LABEL_SOURCE_NAMES:
+        _choose(KEY_LABEL_SOURCE, given[URL_LABELS])
+
+
+def _usable_folder(spec: str) -> bool:
+    try:
+        check_data_path(spec)
+        return Path(spec).is_dir()
+    except (AccessError, DatasetError, OSError, ValueError):
+        return False
+
+
+def _selection_to_url(sel: Selection) -> None:
+    values = {URL_DATA: sel.data, URL_CATEGORY: sel.category, URL_RUN: sel.run_dir.name if sel.run_dir else None,
+              URL_LABELS: sel.label_source}
+    url_write(**values)
+    if st.session_state.get(KEY_LAST_SAVED) != values:
+        save_last_selection(values)
+        st.session_state[KEY_LAST_SAVED] = values
 
 
 def _label_source_picker(data: str, category: str | None) -> str:
@@ -332,9 +420,10 @@ def decode_uploads(files: list, size: int, channels: int, limit: int) -> list[Up
     return out
 
 
-def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float = 0.5) -> None:
+def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float = 1.0) -> None:
     """Redraw a background job every ``every`` seconds with ``draw(job, snapshot)`` while it runs (a
-    fragment: the rest of the page stays put); one full rerun when it ends, so the page shows the result."""
+    fragment: the rest of the page stays put); one full rerun when it ends, so the page shows the result.
+    Each redraw takes server CPU and the GIL from the job itself (see ``jobs_view.REFRESH_S``): keep it ≥ 1 s."""
     registry = job_registry()
 
     @st.fragment(run_every=every)
@@ -369,13 +458,11 @@ def relabeled(ss: ScoredSet, sel: Selection) -> ScoredSet:
     return relabel_scored(ss, sel.label_source, label_store(), index=dataset_index(sel.data, sel.category))[0]
 
 
-def operating_threshold(run_id: str, f1_threshold: float | None) -> tuple[float | None, str]:
-    """The threshold to flag images with on every page: the one chosen on the Threshold page for this
-    run's reconstruction scores in this session, else the F1-max threshold; and how to name it."""
-    t = st.session_state.get(KEY_THRESHOLD)
-    if t is not None and str(st.session_state.get(KEY_THRESHOLD_FOR, "")).startswith(f"{run_id}|reconstruction|"):
-        return float(t), "the threshold chosen on the Threshold page"
-    return f1_threshold, "the F1-max threshold"
+def operating_threshold(run_dir: Path | str, ss: ScoredSet) -> tuple[float, str]:
+    """The threshold every page flags images with: the run's saved operating point for this detector (set on
+    the Threshold page; the default rule when none was saved), resolved on ``ss``; and a line naming it."""
+    t, _, text = core_operating_threshold(run_dir, ss.detector, curves_for(ss))
+    return t, text
 
 
 def draw_job_state(snap: JobSnapshot, what: str, again: str, progress: Callable[[str], None],
