@@ -93,16 +93,16 @@ def main() -> None:
     if scores is not None and t is not None:
         top[2].metric("Disagree with the model", model_disagreements(eff.labels, scores, t),
                       help="Merged label (mine, else the dataset's) differs from the model's verdict at the threshold.")
-    c1, c2 = st.columns([2, 1])
-    queue = c1.segmented_control("Queue", list(QUEUES), format_func=QUEUES.get, key=KEY_QUEUE, default="unlabeled",
+    queue = st.segmented_control("Queue", list(QUEUES), format_func=QUEUES.get, key=KEY_QUEUE, default="unlabeled",
                                  on_change=lambda: st.session_state.pop(KEY_CURRENT, None)) or "unlabeled"
-    h1, h2, h3 = c2.columns(3, vertical_alignment="bottom")
+    h1, h2, h3, _ = st.columns([1, 1.4, 1.4, 3], vertical_alignment="center")
     h1.toggle("Heatmap", key=KEY_HEAT, disabled=ss is None or ss.maps is None, help="Overlay the model's anomaly map.")
-    h2.toggle("Red = above", key=KEY_HEAT_ANCHOR, disabled=not st.session_state.get(KEY_HEAT),
-              help="Colour the heatmap relative to the operating point's pixel threshold: blue below it, yellow to red "
+    h2.toggle("Threshold colours", key=KEY_HEAT_ANCHOR, disabled=not st.session_state.get(KEY_HEAT),
+              help="Red = at or above the pixel threshold. Colour the heatmap relative to the operating point's pixel "
+                   "threshold: blue below it, yellow to red "
                    "at or above it (as on Results and Threshold).")
-    h3.slider("Opacity", 0.1, 0.9, 0.45, 0.05, key=KEY_HEAT_ALPHA, disabled=not st.session_state.get(KEY_HEAT),
-              label_visibility="collapsed", help="How much of the heatmap covers the image.")
+    h3.slider("Heatmap opacity", 0.1, 0.9, 0.45, 0.05, key=KEY_HEAT_ALPHA, disabled=not st.session_state.get(KEY_HEAT),
+              help="How much of the heatmap covers the image.")
     st.caption(model_note)
     order = review_order(queue, eff.mine, eff.dataset_labels, scores, t)
     paths = [eff.relpaths[k] for k in order]

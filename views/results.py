@@ -111,14 +111,14 @@ def draw_strips(run_id: str, view: dict[str, Any]) -> None:
         st.session_state[KEY_FILTER_RUN] = run_id
         st.session_state[KEY_DEFECTS] = options
     has_masks = bool(view["masks"].any())
-    c1, c2, c3, c4 = st.columns([4, 2, 2, 2], vertical_alignment="bottom")
+    c1, c2, c3, c4 = st.columns([4, 2, 1.6, 1.8], vertical_alignment="bottom")
     chosen = c1.multiselect("Show types", options, key=KEY_DEFECTS, placeholder="Pick at least one type")
     order = c2.selectbox("Sort", [SORT_DESC, SORT_ASC], key=KEY_SORT)
-    outline = c3.toggle("Outline ground-truth masks", value=True, key=KEY_MASKS, disabled=not has_masks,
+    outline = c3.toggle("Outline masks", value=True, key=KEY_MASKS, disabled=not has_masks,
                         help=None if has_masks else "This dataset has no defect masks.")
     pixel_t = view.get("pixel_threshold")
-    anchored = c4.toggle("Red = above the pixel threshold", value=False, key=KEY_ANCHOR, disabled=pixel_t is None,
-                         help="Colour every map relative to the operating point's pixel threshold (t = v / (v + threshold)): "
+    anchored = c4.toggle("Threshold colours", value=False, key=KEY_ANCHOR, disabled=pixel_t is None,
+                         help="Red = at or above the pixel threshold. Colour every map relative to the operating point's pixel threshold (t = v / (v + threshold)): "
                               "blue below it, yellow to red at or above it, as on the Threshold page.")
     if anchored and pixel_t is not None:
         view = dict(view, pixel_anchor=pixel_t)

@@ -150,15 +150,16 @@ def draw_panel(index: DatasetIndex, i: int, rel: str, record: Any, dataset: str,
                 icon=":material/report:", type=kind("defective"), key="label_defective")
     b[2].button("Unsure", shortcut="U", on_click=label, args=(*args, "unsure", next_rel), width="stretch",
                 icon=":material/help:", key="label_unsure", type=kind("unsure"))
-    b = st.columns(4)
+    b = st.columns(2)
     b[0].button("Previous", shortcut="Left", on_click=back, width="stretch", disabled=not st.session_state.get(KEY_TRAIL),
                 icon=":material/arrow_back:", key="label_prev", help="The image shown before this one.")
     b[1].button("Next", shortcut="Right", on_click=go, args=(next_rel,), width="stretch", disabled=next_rel is None,
                 icon=":material/arrow_forward:", key="label_next")
-    b[2].button("Undo", shortcut="Z", on_click=undo, args=(dataset, rel), width="stretch", icon=":material/undo:",
+    b = st.columns(2)
+    b[0].button("Undo", shortcut="Z", on_click=undo, args=(dataset, rel), width="stretch", icon=":material/undo:",
                 key="label_undo", help="Undo your last labeling action, on whichever image it was (that image is shown; "
                                        "repeat to go further back).")
-    b[3].button("Redo", shortcut="Y", on_click=redo, args=(dataset,), width="stretch", icon=":material/redo:",
+    b[1].button("Redo", shortcut="Y", on_click=redo, args=(dataset,), width="stretch", icon=":material/redo:",
                 key="label_redo", disabled=not st.session_state.get(KEY_UNDONE), help="Put back what Undo took away.")
     history = ui.label_store().history(dataset, rel)
     if history:
