@@ -36,6 +36,33 @@ def cache_dir(name: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------- CSV cells a spreadsheet never evaluates
+# OWASP "CSV Injection": a cell that starts with = + - @ tab or carriage return is read as a formula by
+# spreadsheets; prefixing a single quote makes it text. Cells that already start with quotes before such a
+# character get one more, so that csv_cell_in() gives back exactly what csv_cell_out() was given.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _quoted_formula(text: str) -> bool:
+    stripped = text.lstrip("'")
+    return stripped[:1] in _FORMULA_START and stripped != ""
+
+
+def csv_cell_out(value: Any) -> Any:
+    """``value`` made safe for a CSV cell: text that a spreadsheet would evaluate gets a leading ``'``;
+    numbers (and None) are left as they are."""
+    if isinstance(value, str) and _quoted_formula(value):
+        return "'" + value
+    return value
+
+
+def csv_cell_in(text: str) -> str:
+    """The inverse of :func:`csv_cell_out` for a cell read back from a CSV this project wrote."""
+    if isinstance(text, str) and text.startswith("'") and _quoted_formula(text[1:]) and _quoted_formula(text):
+        return text[1:]
+    return text
+
+
 LAST_SELECTION_FILE = "last_selection.json"
 
 
@@ -137,10 +164,19 @@ def check_allowed(path: Path | str, roots: list[Path] | None = None) -> Path:
     """Resolve ``path`` (following links) and return it when it lies below an allowed root.
 
     Raises:
-        AccessError: when it does not, with the allowed roots in the message.
+        AccessError: when it does not, with the allowed roots in the message; also for a path that cannot be
+            resolved (a NUL byte, a symlink loop, an unreadable link), as a message, never a traceback.
     """
     roots = [Path(r).resolve() for r in (roots if roots is not None else default_allowed_roots())]
-    real = Path(path).expanduser().resolve()
+    shown = str(path).replace("\0", "\\0")
+    try:
+        if "\0" in str(path):
+            raise ValueError("embedded null byte")
+        real = Path(path).expanduser().resolve()
+    except RuntimeError:  # Python 3.11 reports a symlink loop this way
+        raise AccessError(f"{shown} cannot be used: it is a symlink loop") from None
+    except (ValueError, OSError) as exc:
+        raise AccessError(f"{shown} cannot be used as a path ({exc})") from None
     if any(real == r or r in real.parents for r in roots):
         return real
     names = ", ".join(str(r) for r in roots) or "(none)"

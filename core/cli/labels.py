@@ -84,7 +84,7 @@ def add_labels_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--data", help="dataset spec: builtin:NAME or a folder (required for mvtec; else selects the dataset)")
     ex.add_argument("--category", help="category of --data (default the first)")
     ex.add_argument("--source", choices=list(LABEL_SOURCES), default="merged", help="mvtec: which labels decide the folders")
-    ex.add_argument("--overwrite", action="store_true", help="mvtec: replace a non-empty --out folder")
+    ex.add_argument("--overwrite", action="store_true", help="mvtec: replace an earlier export of this tool in --out (marked .anomalylab-export; never any other folder)")
     ex.add_argument("--db", help=db_help)
     ex.set_defaults(func=cmd_labels_export)
 

@@ -39,7 +39,7 @@ from core.evaluation.scored import (
 from core.labels.effective import relabel_scored
 from core.runs import METRICS_FILE, SCORES_FILE, load_run
 from core.viz import heatmap_vmax, result_strip
-from core.workspace import atomic_write_json, atomic_write_text
+from core.workspace import atomic_write_json, atomic_write_text, csv_cell_out
 
 
 def scores_csv(ss: ScoredSet) -> str:
@@ -49,7 +49,7 @@ def scores_csv(ss: ScoredSet) -> str:
     writer.writerow(["path", "defect", "label", "score", "has_mask"])
     known = ss.has_mask if ss.has_mask is not None else [False] * len(ss)
     for path, defect, label, score, has in zip(ss.paths, ss.defects, ss.labels, ss.scores, known):
-        writer.writerow([path, defect, int(label), f"{float(score):.6g}", int(bool(has))])
+        writer.writerow([csv_cell_out(path), csv_cell_out(defect), int(label), f"{float(score):.6g}", int(bool(has))])
     return buf.getvalue()
 
 

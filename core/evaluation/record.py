@@ -34,6 +34,7 @@ from core.evaluation.curves import (
 from core.evaluation.operating import decision_warnings
 from core.evaluation.pixel import pixel_curves, pixel_metrics
 from core.evaluation.scored import ScoredSet
+from core.workspace import csv_cell_in, csv_cell_out
 
 RECORD_FORMAT = "anomalylab-decision/1"
 RECORD_RULES = (*RULES, "manual")
@@ -267,7 +268,7 @@ class DecisionRecord(_Section):
         header, values = rows
         if len(header) != len(values):
             raise ConfigError(f"decision record CSV: {len(header)} columns in the header but {len(values)} in the row")
-        flat = dict(zip((h.strip() for h in header), values))
+        flat = dict(zip((h.strip() for h in header), (csv_cell_in(v) for v in values)))
         if "format" not in flat:
             raise ConfigError("decision record CSV has no 'format' column")
         sections = {name for name, typ, _ in _schema(cls) if dataclasses.is_dataclass(typ)}
@@ -294,9 +295,10 @@ class DecisionRecord(_Section):
         header, row = [], []
         for name, value in _flat(self):
             header.append(name)
-            row.append("" if value is None else repr(value) if isinstance(value, float) else str(value))
+            row.append("" if value is None else repr(value) if isinstance(value, float) else
+                       csv_cell_out(value) if isinstance(value, str) else str(value))
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv.writer(buf, lineterminator="\r\n")
         w.writerow(header)
         w.writerow(row)
         return buf.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from core.data.index import (
 from core.errors import ConfigError
 from core.labels.effective import effective_labels
 from core.labels.store import DEFAULT_DEFECT, LabelStore, decode_mask
+from core.workspace import csv_cell_out, workspace_dir
 
 
 def _flat_name(relpath: str, used: set[str]) -> str:
@@ -29,6 +31,33 @@ def _flat_name(relpath: str, used: set[str]) -> str:
         name, k = f"{stem}-{k}", k + 1
     used.add(name)
     return name
+
+
+EXPORT_MARK = ".anomalylab-export"  # written into every export: only a folder holding it may be overwritten
+EXPORT_FORMAT = "anomalylab-mvtec-export/1"
+EXPORT_ENTRIES = {"train", "test", "ground_truth", "labels_manifest.csv", EXPORT_MARK}
+
+
+def _check_overwrite(out_dir: Path) -> None:
+    """Refuse to replace anything but an earlier export of this tool (its mark, and only what an export writes):
+    never the workspace, a dataset, or a folder holding either."""
+    home = workspace_dir().resolve()
+    if out_dir == home or home.is_relative_to(out_dir):
+        raise ConfigError(f"{out_dir} is or holds the workspace {home}: refusing to overwrite it; export elsewhere")
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} exists and is not a folder: refusing to overwrite it")
+    mark = out_dir / EXPORT_MARK
+    try:
+        ok = json.loads(mark.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{out_dir} is not an export of this tool (no {EXPORT_MARK} mark): refusing to overwrite it; "
+                          "choose an empty or new folder")
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_ENTRIES)
+    if extra:
+        raise ConfigError(f"{out_dir} holds files an export does not write ({', '.join(extra[:5])}): refusing to "
+                          "overwrite it")
 
 
 def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore | None = None, dataset: str | None = None,
@@ -53,14 +82,17 @@ def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore 
     files are skipped and listed. The folder is built next to ``out_dir`` and renamed into place.
 
     Raises:
-        ValueError: ``out_dir`` exists and is not empty (without ``overwrite``), or no training image is left.
+        ValueError: ``out_dir`` exists and is not empty (without ``overwrite``; with it, when it is not an earlier
+            export of this tool, see :func:`_check_overwrite`), or no training image is left.
     """
     out_dir = Path(out_dir).expanduser().resolve()
     src = Path(index.root).resolve()
     if out_dir == src or src in out_dir.parents or out_dir in src.parents:
         raise ConfigError(f"{out_dir} overlaps the dataset folder {src}; export to another folder")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ConfigError(f"{out_dir} already exists and is not empty (choose another folder or overwrite)")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"{out_dir} already exists and is not empty (choose another folder or overwrite)")
+        _check_overwrite(out_dir)
     eff = effective_labels(index, None, source, store, dataset=dataset)
     tmp = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +101,7 @@ def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore 
     summary: dict[str, Any] = {"out": str(out_dir), "train_good": 0, "test": {}, "masks": 0, "excluded_unsure": 0,
                                "excluded_unknown": 0, "skipped": []}
     manifest = io.StringIO()
-    mw = csv.writer(manifest, lineterminator="\n")
+    mw = csv.writer(manifest, lineterminator="\r\n")
     mw.writerow(["file", "source_path", "label", "defect", "from", "mask"])
     try:
         for i, s in enumerate(eff.samples):
@@ -113,11 +145,14 @@ def export_mvtec(index: DatasetIndex, out_dir: Path | str, *, store: LabelStore 
                 summary["train_good"] += 1
             else:
                 counts[defect] += 1
-            mw.writerow([f"{folder.as_posix()}/{name}.png", eff.relpaths[i], "good" if defect == "good" else "defective",
-                         defect, eff.sources[i] or "dataset", mask_note])
+            mw.writerow([csv_cell_out(c) for c in (f"{folder.as_posix()}/{name}.png", eff.relpaths[i],
+                                                   "good" if defect == "good" else "defective", defect,
+                                                   eff.sources[i] or "dataset", mask_note)])
         if summary["train_good"] == 0:
             raise ConfigError(f"nothing to train on: no image of {index.root} is left in train/good")
         (tmp / "labels_manifest.csv").write_text(manifest.getvalue(), encoding="utf-8")
+        (tmp / EXPORT_MARK).write_text(json.dumps({"format": EXPORT_FORMAT, "source": str(src), "labels": source}) + "\n",
+                                       encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         tmp.rename(out_dir)

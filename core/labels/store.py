@@ -58,7 +58,7 @@ from core.data.index import (
     mvtec_categories,
 )
 from core.errors import AnomalyLabError
-from core.workspace import atomic_write_text, workspace_dir
+from core.workspace import atomic_write_text, csv_cell_in, csv_cell_out, workspace_dir
 
 DB_FILE = "labels.sqlite"
 
@@ -910,9 +910,10 @@ class LabelStore:
     def export_csv(self, out: Path | str | None = None, dataset: str | None = None) -> str:
         """The labels as CSV (header :data:`EXPORT_COLUMNS`); written atomically to ``out`` when given."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
+        # RFC 4180 line ends: with "\n" alone, a note holding a carriage return was written unquoted and broke the row
+        writer = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(self.export_rows(dataset))
+        writer.writerows({k: csv_cell_out(v) for k, v in row.items()} for row in self.export_rows(dataset))
         text = buf.getvalue()
         if out is not None:
             atomic_write_text(out, text)
@@ -981,6 +982,6 @@ def read_label_file(path: Path | str) -> list[dict[str, Any]]:
                                f"a label CSV needs at least {','.join(REQUIRED_COLUMNS)}")
     reader.fieldnames = header
     try:
-        return [dict(r) for r in reader]
+        return [{k: csv_cell_in(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
     except csv.Error as exc:
         raise LabelImportError(f"{path.name}: not a readable CSV ({exc})") from None

@@ -492,3 +492,36 @@ def test_review_order_queues() -> None:
     assert review_order("disagree", mine, dataset, scores, 0.4)[:2] == [3, 2]
     assert sorted(review_order("random", mine, dataset, scores, 0.4)) == [0, 1, 2, 3]
     assert review_order("unlabeled", mine, dataset, None, None) == [0, 2, 1, 3]
+
+
+def test_export_overwrites_only_an_earlier_export(store: LabelStore, mvtec: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    index = index_path(mvtec)
+    home = tmp_path / "outer" / "home"
+    (home / "runs" / "r1").mkdir(parents=True)
+    (home / "labels.sqlite").write_bytes(b"keep me")
+    monkeypatch.setenv("ANOMALYLAB_HOME", str(home))
+    # the workspace itself, and a folder holding it: refused, nothing deleted (the adversarial case of issue 14)
+    for target in (home, tmp_path / "outer"):
+        with pytest.raises(ValueError, match="workspace"):
+            export_mvtec(index, target, store=store, overwrite=True)
+    assert (home / "labels.sqlite").read_bytes() == b"keep me" and (home / "runs" / "r1").is_dir()
+    code = main(["labels", "export", "--format", "mvtec", "--out", str(home), "--overwrite", "--data", str(mvtec),
+                 "--db", str(tmp_path / "l.sqlite")])
+    assert code == 2 and "refusing to overwrite" in capsys.readouterr().err and (home / "labels.sqlite").exists()
+    # a folder that is not an export: refused
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not an export of this tool"):
+        export_mvtec(index, other, store=store, overwrite=True)
+    assert (other / "holiday.jpg").exists()
+    # an earlier export: replaced; one with a file added by hand: refused
+    out = tmp_path / "exports" / "widget"
+    export_mvtec(index, out, store=store)
+    assert json.loads((out / ".anomalylab-export").read_text())["format"] == "anomalylab-mvtec-export/1"
+    export_mvtec(index, out, store=store, overwrite=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="files an export does not write"):
+        export_mvtec(index, out, store=store, overwrite=True)
+    assert (out / "notes.txt").exists()
