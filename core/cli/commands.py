@@ -26,7 +26,7 @@ from core.evaluation.anounet import evaluate_anounet
 from core.evaluation.curves import check_rule_options
 from core.evaluation.evaluate import evaluate_run, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
-from core.runs import read_history, run_model
+from core.runs import CONFIG_FILE, read_history, run_model
 from core.training.loop import fit
 
 T = TypeVar("T")
@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     hist = read_history(run_dir)
     print(f"run: {run_dir}")
+    _print_skipped(run_dir)
     if feature:
         fitted = (hist.get("epochs") or [{}])[0]
         bank = f"  bank: {fitted['bank_size']} of {fitted['patches']} patches" if "bank_size" in fitted else ""
@@ -119,6 +120,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         m = evaluate_run(run_dir, device=cfg.device)
         print(f"image AUROC: {_fmt(m['image_auroc'])}  pixel AUROC: {_fmt(m['pixel_auroc'])}  AUPRO: {_fmt(m['aupro'])}")
     return 0
+
+
+def _print_skipped(run_dir: Path) -> None:
+    """The training files that could not be read (kept in config.json's ``resolved``), as ``evaluate`` lists its own."""
+    try:
+        skipped = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("resolved", {}).get("skipped") or []
+    except (OSError, ValueError):
+        return
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable training file(s):", file=sys.stderr)
+        for item in skipped:
+            path, reason = (item[0], item[1]) if isinstance(item, (list, tuple)) and len(item) >= 2 else (item, "")
+            print(f"  {path}: {reason}" if reason else f"  {path}", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

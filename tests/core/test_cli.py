@@ -61,3 +61,20 @@ def test_wrong_layout_names_expected_layout(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "stuff").mkdir()
     assert main(["train", "--data", str(tmp_path), "--epochs", "1"]) == 2
     assert "train/good" in capsys.readouterr().err
+
+
+def test_train_lists_the_skipped_training_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    cat = tmp_path / "mv" / "widget"
+    rng = np.random.default_rng(0)
+    for folder, n in (("train/good", 6), ("test/good", 2), ("test/scratch", 2)):
+        (cat / folder).mkdir(parents=True)
+        for k in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(cat / folder / f"{k:03d}.png")
+    (cat / "train" / "good" / "broken.png").write_bytes(b"not a png")
+    code = main(["train", "--data", str(cat), "--model", "ae", "--size", "16", "--epochs", "1", "--base-channels", "4",
+                 "--depth", "3", "--device", "cpu", "--quiet", "--no-eval", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0 and "skipped 1 unreadable training file(s)" in err and "broken.png" in err
