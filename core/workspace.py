@@ -6,9 +6,12 @@ workspace directory: ``./workspace`` by default, or ``$ANOMALYLAB_HOME``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,28 @@ def save_last_selection(values: dict[str, Any]) -> None:
         atomic_write_json(workspace_dir() / LAST_SELECTION_FILE, values)
     except OSError:
         pass  # a read-only workspace only loses this convenience
+
+
+STALE_TEMP_SECONDS = 3600
+
+
+@contextlib.contextmanager
+def workspace_temp_dir(name: str):
+    """A temporary folder below ``<workspace>/cache/tmp-<name>/`` (never outside the workspace), removed on exit;
+    folders left by a killed process are removed by the next call once they are an hour old."""
+    parent = cache_dir(f"tmp-{name}")
+    now = time.time()
+    for old in parent.iterdir():
+        try:
+            if now - old.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    path = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _temp_sibling(path: Path) -> tuple[int, str]:

@@ -7,6 +7,7 @@ Images travel through the project as ``uint8`` numpy arrays of shape ``(H, W, 3)
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import cv2
@@ -40,7 +41,10 @@ def _open(source: Path | bytes, name: str) -> Image.Image:
                 raise ImageError(f"{name}: empty file (0 bytes)")
             img = Image.open(io.BytesIO(source))
         else:
-            if source.stat().st_size == 0:
+            st = source.stat()
+            if not stat.S_ISREG(st.st_mode):  # a pipe or device would block the reader forever
+                raise ImageError(f"{name}: not a regular file (a pipe, device or socket)")
+            if st.st_size == 0:
                 raise ImageError(f"{name}: empty file (0 bytes)")
             img = Image.open(source)
     except ImageError:

@@ -104,6 +104,9 @@ def _images_in(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name.startswith("."):
             continue
+        if not p.is_file():  # a pipe, device, socket or broken link: reading it would block or fail
+            skipped.append((str(p), "not a regular file (a pipe, device, socket or broken link)"))
+            continue
         if is_image_file(p):
             files.append(p)
         else:

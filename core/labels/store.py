@@ -24,13 +24,16 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import errno
 import getpass
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -229,7 +232,9 @@ def index_key(index: DatasetIndex) -> str:
 
 
 def file_sha1(path: Path | str) -> str:
-    """sha1 hex digest of a file's bytes."""
+    """sha1 hex digest of a file's bytes; OSError for anything but a regular file (a FIFO would block here)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -1,15 +1,18 @@
 """Every CSV the project writes is safe to open in a spreadsheet (OWASP CSV injection) and its own import
-reads its exports back unchanged; a path that cannot be resolved is a message (issue 14)."""
+reads its exports back unchanged; a path that cannot be resolved is a message; a pipe is never read (issue 14)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.evaluation.evaluate import scores_csv
 from core.evaluation.record import DecisionRecord, decision_record
@@ -81,3 +84,24 @@ def test_paths_that_cannot_be_resolved_are_messages(tmp_path: Path) -> None:
     assert check_allowed(tmp_path / "ok", [tmp_path]) == (tmp_path / "ok").resolve()
     with pytest.raises(AccessError, match="outside the folders"):
         check_allowed("/etc", [tmp_path])
+
+
+def test_a_fifo_named_png_is_skipped_never_read(tmp_path: Path) -> None:
+    cat = tmp_path / "mv" / "widget"
+    for folder in ("train/good", "test/good"):
+        (cat / folder).mkdir(parents=True)
+    for folder in ("train/good", "test/good"):
+        Image.new("RGB", (8, 8)).save(cat / folder / "000.png")
+    os.mkfifo(cat / "train" / "good" / "pipe.png")
+    # in a child process with a timeout: a regression hangs there, not the test run
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; from core.data.index import index_path; "
+            "from core.labels.store import file_sha1; from core.data.images import read_image, ImageError; "
+            "idx = index_path(Path(sys.argv[1])); p = Path(sys.argv[1]) / 'train/good/pipe.png'; "
+            "assert all(s.path != p for s in idx.samples), 'listed'; "
+            "assert any('pipe.png' in f and 'regular file' in r for f, r in idx.skipped), idx.skipped\n"
+            "try:\n    file_sha1(p)\nexcept OSError as e:\n    print('sha1:', e)\n"
+            "try:\n    read_image(p)\nexcept ImageError as e:\n    print('read:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(cat), str(Path(__file__).resolve().parents[2])],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "sha1: [Errno 22] not a regular file" in out.stdout and "read: " in out.stdout and "regular file" in out.stdout

@@ -3,7 +3,6 @@ walk the queue and import a label file. Every change goes to the workspace's lab
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from core.labels.store import (
     read_label_file,
 )
 from core.services.label_review import resize_mask
+from core.workspace import workspace_temp_dir
 from views.components import ui
 
 KEY_QUEUE = "label_queue"
@@ -178,8 +178,8 @@ def import_upload() -> None:
     if f is None:
         return
     suffix = ".csv" if f.name.lower().endswith(".csv") else ".json"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+    with workspace_temp_dir("label-import") as tmp:  # in the workspace, removed after (issue 14)
+        path = tmp / f"upload{suffix}"
         path.write_bytes(f.getvalue())
         try:
             result = ui.label_store().import_rows(read_label_file(path))
