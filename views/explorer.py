@@ -59,11 +59,13 @@ from views.components.threshold_state import (  # noqa: F401  (the keys are this
     KEY_TYPED,
     RULE_LABELS,
     current_threshold,
+    detector_from_url,
+    note_label_source,
     on_roc_click,
     rule_params,
     save_if_changed,
     seed_point,
-    set_manual,
+    threshold_from_url,
 )
 
 
@@ -135,11 +137,7 @@ def main() -> None:
     options = entry_options(runs)
     primary_opts = [o for o in options if o.startswith(f"{run.id}|")]
     c1, c2 = st.columns([1, 2])
-    asked = ui.url_param(ui.URL_DETECTOR)
-    if asked and f"{run.id}|{asked}" in primary_opts:
-        st.session_state[KEY_DETECTOR] = f"{run.id}|{asked}"
-    elif asked:
-        st.warning(f"The link asks for detector {asked!r}, which run {run.id} does not offer.")
+    detector_from_url(run.id, primary_opts)
     if st.session_state.get(KEY_DETECTOR) not in primary_opts:
         st.session_state[KEY_DETECTOR] = primary_opts[0]
     primary = c1.selectbox("Detector of the sidebar run", primary_opts, key=KEY_DETECTOR,
@@ -163,21 +161,8 @@ def main() -> None:
     entries = [(entry_label(primary, by_id), curves), *compared_curves(ss, sel, compare, by_id)]
     detector = primary.split("|")[1]
     point = seed_point(run.path, detector)
-    t = current_threshold(curves)
-    asked_t = ui.url_param(ui.URL_THRESHOLD)
-    if asked_t is not None:  # a link (or an edited URL) names a threshold: it becomes the manual operating point
-        try:
-            value = float(asked_t)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError
-            if value != t:  # a reload of this page's own URL keeps the rule
-                set_manual(value)
-                t = current_threshold(curves)
-        except ValueError:
-            st.warning(f"The link's threshold {asked_t!r} is not a number: ignored.")
-    if point.label_source != sel.label_source and point.updated_utc:
-        st.info(f"This operating point was saved with the labels '{ui.LABEL_SOURCE_NAMES[point.label_source]}'; the "
-                f"metrics now use '{ui.LABEL_SOURCE_NAMES[sel.label_source]}' (sidebar).", icon=":material/info:")
+    t = threshold_from_url(curves, current_threshold(curves))
+    note_label_source(point, sel.label_source)
     costs = rule_params()["costs"]
     op = operating_point(curves, t, costs)
     iso = iso_cost_line(curves, costs, t) if costs.cost_fn > 0 or costs.cost_fp > 0 else None

@@ -129,7 +129,8 @@ def _train_step(cfg: TrainConfig, channels: int, device: torch.device) -> Callab
     return step
 
 
-def _feature_steps(cfg: TrainConfig, channels: int, device: torch.device) -> tuple[Callable[[], None], Callable[[], None], int, int]:
+def _feature_steps(cfg: TrainConfig, channels: int, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A backbone forward of 4 images and 20 coreset picks on a 20,000-patch bank (the two parts of fitting)."""
     backbone = get_backbone(cfg.feature_backbone, cfg.feature_weights, device)
     layers, side = cfg.layers(), cfg.backbone_size()
     x = torch.rand(4, channels, cfg.size, cfg.size, device=device)
@@ -142,7 +143,7 @@ def _feature_steps(cfg: TrainConfig, channels: int, device: torch.device) -> tup
     def coreset() -> None:
         greedy_coreset(bank, 20)
 
-    return features, coreset, dim, (side // 8) ** 2
+    return features, coreset
 
 
 def train_estimate(cfg: TrainConfig, n_train: int, channels: int = 3, *, calibrate_missing: bool = True) -> Estimate | None:
@@ -155,7 +156,7 @@ def train_estimate(cfg: TrainConfig, n_train: int, channels: int = 3, *, calibra
     if cfg.model in FEATURE_MODELS:
         what = f"features:{cfg.feature_backbone}:{cfg.backbone_size()}:{cfg.feature_layers or 'default'}:{cfg.feature_precision}"
         if calibrate_missing and (measured(what, device) is None or measured("coreset20k", device) is None):
-            f, c, _, _ = _feature_steps(cfg, channels, device)
+            f, c = _feature_steps(cfg, channels, device)
         else:
             f = c = None
         feat, core = _get(what, device, f, calibrate_missing), _get("coreset20k", device, c, calibrate_missing)

@@ -8,6 +8,7 @@ a reload and a server restart see the same decision."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +166,7 @@ def current_threshold(curves: Curves) -> float:
     if rule == "manual" and st.session_state.get(KEY_T) is None:
         st.session_state[KEY_T] = curves.f1_threshold
     if rule != "manual":
-        params = rule_params()
-        costs: Costs = params["costs"]
-        point = OperatingPoint(rule=rule, target_fpr=params["target_fpr"], target_tpr=params["target_tpr"],
-                               cost_fp=costs.cost_fp, cost_fn=costs.cost_fn, cost_review=costs.cost_review)
-        t, why = resolve_threshold(point, curves)
+        t, why = resolve_threshold(point_from_widgets("dataset"), curves)
         if why:
             st.warning(why[0].upper() + why[1:] + ".")
         st.session_state[KEY_T] = t
@@ -209,3 +206,38 @@ def apply_record() -> None:
         st.session_state[KEY_PIXEL_T] = rec.pixel.threshold
     st.session_state[KEY_NOTE] = rec.note or ""
     st.session_state[KEY_RECORD_MSG] = ("record", rec.to_json())
+
+
+def detector_from_url(run_id: str, options: list[str]) -> None:
+    """A link's ``detector`` selects it (``run_id|detector`` among ``options``), or says it is not offered."""
+    asked = ui.url_param(ui.URL_DETECTOR)
+    if asked and f"{run_id}|{asked}" in options:
+        st.session_state[KEY_DETECTOR] = f"{run_id}|{asked}"
+    elif asked:
+        st.warning(f"The link asks for detector {asked!r}, which run {run_id} does not offer.")
+
+
+def threshold_from_url(curves: Curves, t: float) -> float:
+    """A link's (or an edited URL's) ``threshold`` becomes the manual operating point when it differs from ``t``
+    (a reload of the page's own URL keeps the rule); the threshold in force."""
+    asked = ui.url_param(ui.URL_THRESHOLD)
+    if asked is None:
+        return t
+    try:
+        value = float(asked)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        st.warning(f"The link's threshold {asked!r} is not a number: ignored.")
+        return t
+    if value != t:
+        set_manual(value)
+        t = current_threshold(curves)
+    return t
+
+
+def note_label_source(point: OperatingPoint, label_source: str) -> None:
+    """Say when the saved point was chosen with other labels than the sidebar's."""
+    if point.label_source != label_source and point.updated_utc:
+        st.info(f"This operating point was saved with the labels '{ui.LABEL_SOURCE_NAMES[point.label_source]}'; the "
+                f"metrics now use '{ui.LABEL_SOURCE_NAMES[label_source]}' (sidebar).", icon=":material/info:")
