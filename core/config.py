@@ -29,6 +29,7 @@ FNET_LOSSES = ("l2softmax", "doc")
 # AE training losses: mse (the bottle article's), ssim (1 - SSIM, Bergmann et al. 2019, for textures) and
 # ssim_l1 (0.84 (1 - SSIM) + 0.16 L1, Zhao et al. 2017). An SSIM-trained AE's anomaly map is 1 - SSIM.
 AE_LOSSES = ("mse", "ssim", "ssim_l1")
+MAX_SIZE = 1024  # px: the largest image side a run trains or scores at (images are held in memory at that side)
 REFERENCE_SOURCES = ("paste", "synthetic", "digits", "textures")
 
 SCORE_MODES = ("mean", "max", "topk", "sum")
@@ -113,6 +114,11 @@ class TrainConfig:
             raise ConfigError(f"model must be one of {', '.join(TRAINABLE_MODELS)}, got {self.model!r}")
         if self.size < 8 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("size must be >= 8, epochs and batch size >= 1, lr > 0")
+        if self.size > MAX_SIZE:
+            raise ConfigError(f"size {self.size} px is above the limit of {MAX_SIZE} px (every image is held in memory "
+                              f"at that side; use --size {MAX_SIZE} or less)")
+        if self.augment and self.size * self.crop_scale > MAX_SIZE:
+            raise ConfigError(f"size x crop_scale ({self.size} x {self.crop_scale:g}) is above the limit of {MAX_SIZE} px")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("val_fraction must be in [0, 1)")
         if self.channels not in (0, 1, 3):
@@ -142,8 +148,9 @@ class TrainConfig:
                 raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
             if self.padim_channels < 1:
                 raise ConfigError("padim_channels must be >= 1")
-            if self.feature_size and (self.feature_size < 32 or self.feature_size % 8):
-                raise ConfigError(f"feature_size must be 0 (auto) or a multiple of 8 >= 32, got {self.feature_size}")
+            if self.feature_size and (self.feature_size < 32 or self.feature_size % 8 or self.feature_size > MAX_SIZE):
+                raise ConfigError(f"feature_size must be 0 (auto) or a multiple of 8 from 32 to {MAX_SIZE}, "
+                                  f"got {self.feature_size}")
             if self.feature_precision not in ("fp32", "bf16"):
                 raise ConfigError(f"feature_precision must be fp32 or bf16, got {self.feature_precision!r}")
         self.score_config().validate()
@@ -352,7 +359,10 @@ class ProjectionConfig:
     alpha: float = 0.1
     lam: float = 0.3
     map_mode: str = "projection"
-    divergence_factor: float = 1e3  # energy above factor * initial energy counts as diverged
+    divergence_factor: float = 1e3  # plain update only: energy above factor * initial energy counts as diverged
+    # Guard the update so that no image's energy ever rises: alpha is halved for an image whose step would raise
+    # it (core.detectors.projection.project). False = the article's plain update.
+    monotone: bool = True
     # The model's forward/backward: auto = bf16 on a CPU with native bf16 (fp16/bf16 on CUDA), else fp32
     # (core.device.resolve_precision); the energy and the update stay fp32. Measured on the bottle VAE
     # (128 px, 83 images): bf16 gives the same pixel AUROC (0.8896 vs 0.8895 fp32), AUPRO (0.6755 vs

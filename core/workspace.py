@@ -185,6 +185,31 @@ def default_allowed_roots() -> list[Path]:
     return out
 
 
+_READ_ROOTS: list[Path] | None = None
+
+
+def set_read_roots(roots: list[Path] | None) -> None:
+    """Confine this process's dataset reads to ``roots`` (the app server does; None = no confinement).
+    ``$ANOMALYLAB_ALLOWED_ROOTS``, when set, always applies."""
+    global _READ_ROOTS
+    _READ_ROOTS = [Path(r).resolve() for r in roots] if roots is not None else None
+
+
+def read_roots() -> list[Path] | None:
+    """The folders dataset files must resolve into when they are links leading out of their dataset:
+    ``$ANOMALYLAB_ALLOWED_ROOTS`` when set, else what :func:`set_read_roots` set, else None (the CLI
+    follows links wherever they go)."""
+    env = os.environ.get(ENV_ALLOWED_ROOTS, "")
+    if env.strip():
+        return [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
+    return _READ_ROOTS
+
+
+def is_below(path: Path, roots: list[Path]) -> bool:
+    """True when ``path`` (resolved) is one of ``roots`` or lies below one."""
+    return any(path == r or r in path.parents for r in roots)
+
+
 def check_allowed(path: Path | str, roots: list[Path] | None = None) -> Path:
     """Resolve ``path`` (following links) and return it when it lies below an allowed root.
 
@@ -202,7 +227,7 @@ def check_allowed(path: Path | str, roots: list[Path] | None = None) -> Path:
         raise AccessError(f"{shown} cannot be used: it is a symlink loop") from None
     except (ValueError, OSError) as exc:
         raise AccessError(f"{shown} cannot be used as a path ({exc})") from None
-    if any(real == r or r in real.parents for r in roots):
+    if is_below(real, roots):
         return real
     names = ", ".join(str(r) for r in roots) or "(none)"
     raise AccessError(f"{path} is outside the folders this server may read: {names}")

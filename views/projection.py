@@ -93,9 +93,12 @@ def draw_controls(run: LoadedRun, view: dict[str, Any]) -> tuple[ProjectionReque
                                 help="The projection map of the comparison rows: what moved, optionally plus what the "
                                      "model still cannot explain at x_T.")
         submitted = image_picker.run_button(c5, "Run projection", KEY_RUN_BUTTON)
+        guard = st.checkbox("Energy guard", value=defaults.monotone, key="projection_guard",
+                            help="Never let an image's energy rise: when a step would raise it, α is halved for that "
+                                 "image and the step retried. Off = the article's plain update.")
     if not submitted:
         return None
-    cfg = ProjectionConfig(steps=int(steps), alpha=float(alpha), lam=float(lam), map_mode=map_mode)
+    cfg = ProjectionConfig(steps=int(steps), alpha=float(alpha), lam=float(lam), map_mode=map_mode, monotone=bool(guard))
     if not image_picker.valid_settings(cfg):
         return None
     if (picked := image_picker.collect(choice, offered(run, view), run.config.size, run.config.channels, MAX_IMAGES)) is None:

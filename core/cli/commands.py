@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from core.cli import bench
 from core.config import FEATURE_MODELS, AnoUnetConfig, ProjectionConfig, TrainConfig
-from core.data.builtin import all_datasets
+from core.data.builtin import all_datasets, open_dataset
+from core.data.report import data_report
 from core.detectors import registry as detectors
 from core.evaluation.anounet import evaluate_anounet
 from core.evaluation.curves import check_rule_options
@@ -43,6 +44,28 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     for spec, cats in rows:
         print(f"{spec}\n    categories: {', '.join(cats)}")
+    return 0
+
+
+def cmd_data_report(args: argparse.Namespace) -> int:
+    rep = data_report(open_dataset(args.data, args.category))
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    ch, masks = rep["channels"], rep["masks"]
+    print(f"{rep['root']} ({rep['layout']}, category {rep['category']})")
+    for split, defects in rep["counts"].items():
+        print(f"  {split}: " + ", ".join(f"{d} {n}" for d, n in defects.items()))
+    print(f"  channels: train {ch['train_color']} colour / {ch['train_gray']} gray, test {ch['test_color']} colour / "
+          f"{ch['test_gray']} gray; a run uses {'RGB' if ch['run_channels'] == 3 else 'gray'}")
+    print(f"  masks: {masks['binary']} binary, {masks['non_binary']} non-binary, {masks['unreadable']} unreadable")
+    for m in masks["non_binary_files"]:
+        print(f"    {m['file']}: {m['share_between']:.1%} of its pixels between the two levels")
+    print(f"  skipped: {len(rep['skipped'])} file(s)")
+    for item in rep["skipped"]:
+        print(f"    {item['file']}: {item['reason']}")
+    for warning in rep["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -125,9 +148,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_skipped(run_dir: Path) -> None:
     """The training files that could not be read (kept in config.json's ``resolved``), as ``evaluate`` lists its own."""
     try:
-        skipped = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("resolved", {}).get("skipped") or []
+        resolved = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("resolved", {})
     except (OSError, ValueError):
         return
+    skipped = resolved.get("skipped") or []
+    if resolved.get("channels_note"):
+        print(f"note: {resolved['channels_note']}", file=sys.stderr)
     if skipped:
         print(f"skipped {len(skipped)} unreadable training file(s):", file=sys.stderr)
         for item in skipped:
@@ -158,6 +184,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"skipped {m['n_skipped']} unreadable file(s):", file=sys.stderr)
             for path, reason in m["skipped"]:
                 print(f"  {path}: {reason}", file=sys.stderr)
+        for warning in m.get("data_warnings") or []:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -179,7 +207,8 @@ def cmd_detectors(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision)
+    cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision,
+                           monotone=not args.no_guard)
     m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
                             batch_size=args.batch_size, device=args.device)
     if args.json:
@@ -187,6 +216,11 @@ def cmd_project(args: argparse.Namespace) -> int:
     else:
         print(f"{m['n_images']} image(s), {cfg.steps} steps, alpha {cfg.alpha}, lambda {cfg.lam}: {m['seconds']:.1f} s"
               + (f", {m['n_diverged']} diverged" if m["n_diverged"] else ""))
+        if m["monotone"]:
+            print(f"energy guard: alpha halved for {m['n_guarded']} image(s) ({m['alpha_halvings']} halvings), "
+                  f"{m['n_stalled']} stalled, {m['energy_rises']} energy rises")
+        else:
+            print(f"plain update (--no-guard): {m['energy_rises']} step-to-step energy rises")
         print(f"energy: {_fmt(m['energy'][0])} -> {_fmt(m['energy'][-1])}")
         for key in ("pixel_auroc", "aupro", "image_auroc"):
             print(f"{key:>12}: projection {_fmt(m[key])}   reconstruction {_fmt(m[key + '_reconstruction'])}")

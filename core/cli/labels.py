@@ -51,7 +51,8 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     result = store.import_file(args.file, author=args.author, check_paths=not args.no_check)
     print(f"imported {result.rows} label(s) from {args.file}: {result.changed} changed, {result.unchanged} unchanged")
     for ds in result.unverified:
-        print(f"warning: dataset {ds} could not be opened, so its paths were not checked", file=sys.stderr)
+        print(f"warning: dataset {ds} could not be opened as a dataset; each of its paths was found on disk as an image "
+              "file", file=sys.stderr)
     return 0
 
 

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_command("cmd_datasets"))
 
+    dr = sub.add_parser("data-report", help="what a dataset holds: counts, skipped files, colour channels of every image "
+                                            "(and what a run uses), non-binary masks")
+    dr.add_argument("--data", required=True, help="builtin:NAME, an MVTec root or a folder")
+    dr.add_argument("--category")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=_command("cmd_data_report"))
+
     t = sub.add_parser("train", help="train an AE, VAE, U-Net or f-Net (Ano-Unet feature extractor) on the normal training images")
     t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
     t.add_argument("--category", help="category (default: the first one)")
@@ -130,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="anomaly map: |x_T - x0|, or that plus the reconstruction error at x_T")
     pr.add_argument("--images", nargs="+", help="test image paths (absolute or relative to the category folder) or defect types")
     pr.add_argument("--limit", type=int, help="at most this many images")
+    pr.add_argument("--no-guard", dest="no_guard", action="store_true",
+                    help="the article's plain update: do not halve alpha for an image whose step would raise its energy")
     pr.add_argument("--gif", help="write an animated GIF (one frame per step; step 0 is the input)")
     pr.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     pr.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=pdef.precision,

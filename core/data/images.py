@@ -138,11 +138,13 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def read_mask(path: Path | str, size: int | tuple[int, int] | None = None) -> np.ndarray:
-    """Read a ground-truth mask as bool ``(H, W)``; resized nearest-neighbour when ``size`` is given."""
+    """Read a ground-truth mask as bool ``(H, W)``: defect above 127 (a 0/1 mask: above 0); resized
+    nearest-neighbour when ``size`` is given. A mask with values in between is thresholded as well
+    (:func:`core.data.report.mask_census` counts those)."""
     arr = read_image(Path(path))
     if arr.ndim == 3:
         arr = arr.max(axis=2)
-    mask = arr > 127
+    mask = arr > 127 if arr.max() > 1 else arr > 0
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
         if mask.shape != (h, w):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from core.data.images import is_image_file
 from core.errors import AnomalyLabError
+from core.workspace import is_below, read_roots
 
 GOOD_NAMES = ("good", "normal", "ok")
 UNLABELED_NAMES = ("unlabeled", "unlabelled", "unknown", "unsorted")  # folders of images without a label
@@ -99,10 +100,30 @@ class DatasetIndex:
         return any(s.mask_path is not None for s in self.samples if s.label == 1)
 
 
-def _images_in(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+OUTSIDE_ROOTS = "a link that leads outside the folders this server may read"
+
+
+def _leaves_roots(p: Path, base: Path) -> bool:
+    """True when ``p`` resolves outside its dataset folder ``base`` (resolved) and outside the read roots
+    (only when reads are confined: :func:`core.workspace.read_roots`). Unresolvable counts as outside."""
+    roots = read_roots()
+    if roots is None:
+        return False
+    try:
+        real = p.resolve()
+    except (OSError, RuntimeError):
+        return True
+    return not (real == base or base in real.parents or is_below(real, roots))
+
+
+def _images_in(folder: Path, skipped: list[tuple[str, str]], base: Path | None = None) -> list[Path]:
     files = []
+    base = base or folder.resolve()
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name.startswith("."):
+            continue
+        if _leaves_roots(p, base):  # said without where it leads
+            skipped.append((str(p), OUTSIDE_ROOTS))
             continue
         if not p.is_file():  # a pipe, device, socket or broken link: reading it would block or fail
             skipped.append((str(p), "not a regular file (a pipe, device, socket or broken link)"))
@@ -114,13 +135,13 @@ def _images_in(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     return files
 
 
-def _find_mask(mask_root: Path | None, defect: str, image: Path) -> Path | None:
+def _find_mask(mask_root: Path | None, defect: str, image: Path, base: Path | None = None) -> Path | None:
     if mask_root is None:
         return None
     folder = mask_root / defect
     for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"):
         candidate = folder / name
-        if candidate.is_file():
+        if candidate.is_file() and not (base is not None and _leaves_roots(candidate, base)):
             return candidate
     return None
 
@@ -147,7 +168,8 @@ def index_mvtec(category_dir: Path) -> DatasetIndex:
     if not is_mvtec_category(category_dir):
         raise DatasetError(f"{category_dir} has no train/good folder. Expected the MVTec AD layout: {MVTEC_LAYOUT}")
     skipped: list[tuple[str, str]] = []
-    samples = [Sample(p, "train", "good") for p in _images_in(category_dir / "train" / "good", skipped)]
+    base = category_dir.resolve()
+    samples = [Sample(p, "train", "good") for p in _images_in(category_dir / "train" / "good", skipped, base)]
     if not samples:
         raise DatasetError(f"{category_dir / 'train' / 'good'} contains no image. Expected: {MVTEC_LAYOUT}")
     mask_root = category_dir / "ground_truth"
@@ -156,8 +178,8 @@ def index_mvtec(category_dir: Path) -> DatasetIndex:
     if test_dir.is_dir():
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             defect = defect_dir.name
-            for p in _images_in(defect_dir, skipped):
-                mask = None if defect == "good" else _find_mask(mask_root, defect, p)
+            for p in _images_in(defect_dir, skipped, base):
+                mask = None if defect == "good" else _find_mask(mask_root, defect, p, base)
                 samples.append(Sample(p, "test", defect, mask))
     return DatasetIndex(category_dir, category_dir.name, "mvtec", samples, skipped)
 
@@ -182,7 +204,8 @@ def index_folder(folder: Path) -> DatasetIndex:
             f"Expected either the MVTec AD layout ({MVTEC_LAYOUT}) or a plain folder ({FOLDER_LAYOUT})."
         )
     skipped: list[tuple[str, str]] = []
-    goods = _images_in(subdirs[good_name], skipped)
+    base = folder.resolve()
+    goods = _images_in(subdirs[good_name], skipped, base)
     if not goods:
         raise DatasetError(f"{subdirs[good_name]} contains no image. Expected: {FOLDER_LAYOUT}")
     samples = [
@@ -194,8 +217,8 @@ def index_folder(folder: Path) -> DatasetIndex:
     for name, sub in subdirs.items():
         if name == good_name or sub == mask_root:
             continue
-        for p in _images_in(sub, skipped):
-            samples.append(Sample(p, "test", name, _find_mask(mask_root, name, p)))
+        for p in _images_in(sub, skipped, base):
+            samples.append(Sample(p, "test", name, _find_mask(mask_root, name, p, base)))
     return DatasetIndex(folder, folder.name, "folder", samples, skipped)
 
 

@@ -18,6 +18,7 @@ from cachetools import LRUCache
 
 from core.data.images import ImageError, read_image, read_mask, resize, to_channels
 from core.data.index import DatasetIndex, Sample
+from core.data.report import training_channels
 
 
 @dataclass
@@ -50,17 +51,9 @@ class LoadedSplit:
 
 
 def detect_channels(index: DatasetIndex) -> int:
-    """1 when the first readable training image is gray, else 3."""
-    for s in index.split("train")[:8]:
-        try:
-            img = read_image(s.path)
-        except ImageError:
-            continue
-        if img.ndim == 2:
-            return 1
-        # Many "gray" datasets are saved as RGB with equal channels.
-        return 1 if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]) else 3
-    return 3
+    """3 when any training image has colour, else 1 (every image is looked at; see
+    :func:`core.data.report.training_channels`, which also says when they mix)."""
+    return training_channels(index)[0]
 
 
 _CACHE_MAX_BYTES = 2 * 1024**3

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.images import save_png
+from core.data.report import mask_census
 from core.detectors.reconstruction import reconstructions
 from core.device import resolve_device
 from core.evaluation.curves import (
@@ -62,7 +63,7 @@ def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = Tr
     Returns:
         The metrics dict (also written to ``metrics.json``): :func:`core.evaluation.curves.summary`'s keys
         plus ``run_id``, ``model``, ``data``, ``category``, ``epoch``, ``detector``, ``score_mode``,
-        ``heatmap_vmax``, ``n_skipped``, ``skipped``.
+        ``heatmap_vmax``, ``n_skipped``, ``skipped``, ``n_nonbinary_masks`` and ``data_warnings``.
 
     Raises:
         core.errors.AnomalyLabError: an unusable run or data.
@@ -71,7 +72,7 @@ def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = Tr
     dev = resolve_device(device)
     run = load_run(run_dir, dev)
     ss = scored_set(run_dir, "auto", device=str(dev), batch_size=batch_size)
-    _, split = load_test_split(run)
+    index, split = load_test_split(run)
     result = summary(ss)
     result.update(
         run_id=run.id, model=run.config.model, data=run.config.data, category=run.config.category, epoch=run.epoch,
@@ -79,6 +80,10 @@ def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = Tr
         heatmap_vmax=heatmap_vmax(ss.maps) if ss.maps is not None else None,
         n_skipped=len(split.skipped), skipped=split.skipped,
     )
+    masks = mask_census(split.samples, Path(index.root))
+    result.update(n_nonbinary_masks=masks.non_binary, data_warnings=(
+        [f"{masks.non_binary} of {masks.binary + masks.non_binary} masks are not binary (values between their two "
+         f"levels, e.g. {masks.non_binary_files[0][0]}): a pixel counts as defect above 127"] if masks.non_binary else []))
     atomic_write_json(run_dir / METRICS_FILE, result)
     atomic_write_text(run_dir / SCORES_FILE, scores_csv(ss))
     recons = reconstructions(run.model, split.images) if strips and ss.maps is not None else None

@@ -58,6 +58,7 @@ def evaluate_projection(
         "run_id": run.id, "model": run.config.model, "data": run.config.data, "category": run.config.category,
         "steps": cfg.steps, "alpha": cfg.alpha, "lambda": cfg.lam, "map_mode": cfg.map_mode,
         "n_images": len(ss), "n_diverged": int(np.count_nonzero(ss.extras["diverged_step"] >= 0)),
+        "monotone": cfg.monotone, **guard_counts(ss.extras),
         "seconds": seconds, "seconds_per_image": seconds / len(ss),
         "energy": [float(np.nanmean(energy[:, k])) if seen[k] else None for k in range(energy.shape[1])],
         "image_auroc": proj_m["image_auroc"], "image_auroc_reconstruction": recon_m["image_auroc"],
@@ -70,12 +71,26 @@ def evaluate_projection(
     return result
 
 
+def guard_counts(extras: dict) -> dict[str, int]:
+    """How often the monotone guard acted: ``n_guarded`` images had alpha halved (``alpha_halvings`` times in
+    all), ``n_stalled`` stopped because no step lowered their energy; ``energy_rises`` counts step-to-step rises of
+    any image's energy (0 with the guard)."""
+    halvings = np.asarray(extras.get("alpha_halvings", np.zeros(0)), dtype=np.int64)
+    energy = np.asarray(extras.get("energy", np.zeros((0, 0))), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        rises = np.diff(energy, axis=1) > 0 if energy.size else np.zeros(0, dtype=bool)
+    return {"n_guarded": int(np.count_nonzero(halvings)), "alpha_halvings": int(halvings.sum()),
+            "n_stalled": int(np.count_nonzero(np.asarray(extras.get("stalled", np.zeros(0)), dtype=bool))),
+            "energy_rises": int(np.count_nonzero(rises))}
+
+
 def write_gif(model: torch.nn.Module, sel: LoadedSplit, cfg: ProjectionConfig, path: Path, device: torch.device) -> dict:
     """An animated GIF of the projection of ``sel`` (one frame per step, step 0 = the input): rows of
     [x0 | x_t | f(x_t) | |x_t - x0|], one colour scale (the last step's 99.5 % quantile)."""
     x0 = sel.float_images().to(device)
     frames = [ProjectionFrame(f.step, f.x.cpu(), f.recon.cpu(), f.diff.cpu(), f.energy.cpu(), f.rec_energy.cpu(),
-                              f.diverged.cpu(), f.diverged_step) for f in project(model, x0, cfg)]
+                              f.diverged.cpu(), f.diverged_step, f.halvings, f.alpha, f.stalled)
+              for f in project(model, x0, cfg)]
     vmax = max(float(torch.quantile(frames[-1].diff.flatten().float(), 0.995)), 1e-6)
     rendered = [annotate(projection_panel(x0.cpu(), f, vmax), f"step {f.step}/{cfg.steps}  E={float(f.energy.mean()):.1f}")
                 for f in frames]

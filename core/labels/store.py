@@ -51,7 +51,7 @@ from core.data.builtin import (
     is_builtin,
     open_dataset,
 )
-from core.data.images import ImageError, encode_png, read_image
+from core.data.images import ImageError, encode_png, is_image_file, read_image
 from core.data.index import (
     UNLABELED_NAMES,
     DatasetError,
@@ -61,7 +61,16 @@ from core.data.index import (
     mvtec_categories,
 )
 from core.errors import AnomalyLabError
-from core.workspace import atomic_write_text, csv_cell_in, csv_cell_out, workspace_dir
+from core.workspace import (
+    AccessError,
+    atomic_write_text,
+    check_allowed,
+    csv_cell_in,
+    csv_cell_out,
+    is_below,
+    read_roots,
+    workspace_dir,
+)
 
 DB_FILE = "labels.sqlite"
 
@@ -106,6 +115,13 @@ LOCK_DEADLINE_S = 60.0
 
 
 _MAX_DEFECT_LEN = 100
+#: One field-size policy for every way a label comes in (the page, CSV, JSON): a note holds at most this many
+#: characters and a mask's base64 PNG at most MAX_MASK_CHARS, and the CSV reader accepts fields that long, so an
+#: export always imports again (Python's csv stopped at 131,072 characters; JSON had no limit).
+MAX_NOTE_CHARS = 10_000
+MAX_MASK_CHARS = 16 * 1024 * 1024
+MAX_TEXT_CHARS = 1_000  # dataset, path, author, time, content hash
+csv.field_size_limit(max(csv.field_size_limit(), MAX_MASK_CHARS + 1024))
 
 
 _BUILTIN_KEY = re.compile(r"^builtin:(?P<name>[A-Za-z0-9_]+)/(?P<category>[^/@]+)(?:@seed(?P<seed>\d+))?$")
@@ -253,6 +269,25 @@ def default_author() -> str:
         return getpass.getuser()
     except Exception:  # no login name (containers): getpass raises OSError/KeyError
         return "unknown"
+
+
+def normalize_note(note: Any) -> str:
+    """A note as stored: text of at most :data:`MAX_NOTE_CHARS` characters (None = empty)."""
+    return "" if note is None else _text("note", note, MAX_NOTE_CHARS)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "true/false", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _text(name: str, value: Any, limit: int = MAX_TEXT_CHARS) -> str:
+    """A text field of an imported row; JSON objects, lists, numbers are refused (they were stored as their repr)."""
+    if not isinstance(value, str):
+        raise LabelError(f"{name} must be text, got {_type_name(value)}")
+    if len(value) > limit:
+        raise LabelError(f"{name} is {len(value):,} characters long (at most {limit:,})")
+    return value
 
 
 def normalize_path(path: str) -> str:
@@ -414,7 +449,7 @@ class ImportResult:
     rows: int
     changed: int
     unchanged: int
-    unverified: list[str] = field(default_factory=list)  # datasets that could not be opened to check paths
+    unverified: list[str] = field(default_factory=list)  # datasets that could not be opened: paths checked on disk
 
 
 _STATE_COLS = ("label", "defect_type", "mask", "note", "author", "time", "content_hash")
@@ -662,7 +697,7 @@ class LabelStore:
         if mask is not KEEP:
             mask = normalize_mask(mask)
         if note is not KEEP:
-            note = "" if note is None else str(note)
+            note = normalize_note(note)
         if content_hash is not None:
             content_hash = _check_hash(content_hash)
         elif image_file is not None:
@@ -794,16 +829,20 @@ class LabelStore:
     # -- import / export
 
     def import_rows(self, rows: Iterable[Mapping[str, Any]], *, author: str | None = None, check_paths: bool = True,
-                    progress: Callable[[int, int], None] | None = None) -> ImportResult:
+                    progress: Callable[[int, int], None] | None = None,
+                    roots: list[Path] | None = None) -> ImportResult:
         """Apply many labels in ONE transaction: all of them, or (on any bad row) none.
 
         Each row needs ``dataset``, ``path`` and ``label``; optional keys: ``defect_type``, ``note``,
         ``author``, ``time``, ``content_hash``, ``mask_png_base64``. A key that is absent keeps the stored
         value as in :meth:`set_label`; present but empty clears it. ``author``/``time`` in a row are
         kept (so an export re-imports unchanged); otherwise ``author`` (default: the login name) and now.
-        With ``check_paths``, each dataset that can be opened is checked: every path must be one of its
-        images, and the content hash is computed from the file when there is no ``content_hash`` key.
-        A dataset given as a folder path is stored under its :func:`dataset_key`.
+        With ``check_paths``, every path must be one of its dataset's images; for a dataset that cannot be
+        opened as a whole, each path must be a regular image file in its folder. The content hash is computed
+        from the file when there is no ``content_hash`` key. A dataset given as a folder path is stored under
+        its :func:`dataset_key`. With ``roots`` (the app passes its allowed folders), a dataset folder outside
+        them is refused, with the same words whether it exists or not. Text fields must be text (JSON numbers,
+        objects or lists are refused); a note holds at most :data:`MAX_NOTE_CHARS` characters.
 
         Raises:
             LabelImportError: naming every bad row (number, 1-based, and reason); nothing was applied.
@@ -815,7 +854,7 @@ class LabelStore:
         seen: dict[tuple[str, str], int] = {}
         for number, row in enumerate(rows, start=1):
             try:
-                item = self._parse_row(row)
+                item = self._parse_row(row, roots)
             except LabelError as exc:
                 errors.append((number, str(exc)))
                 continue
@@ -834,13 +873,15 @@ class LabelStore:
             for ds, items in by_dataset.items():
                 try:
                     index = open_dataset_key(ds)
-                except (DatasetError, OSError):
+                    files = {s.relpath(index.root): s.path for s in index.samples}
+                except (DatasetError, OSError) as exc:
+                    files = _files_on_disk(ds, [it["path"] for it in items], exc)
                     unverified.append(ds)
-                    continue
-                files = {s.relpath(index.root): s.path for s in index.samples}
+                opened = ds not in unverified
                 for item in items:
                     if item["path"] not in files:
-                        errors.append((item["row"], f"{item['path']} is not an image of dataset {ds}"))
+                        errors.append((item["row"], f"{item['path']} is not an image of dataset {ds}" + (
+                            "" if opened else " (the dataset cannot be opened, so each file was looked for on disk)")))
                     elif item["content_hash"] is KEEP:  # no content_hash column: computed from the file
                         try:
                             item["content_hash"] = file_sha1(files[item["path"]])
@@ -871,7 +912,7 @@ class LabelStore:
         return ImportResult(len(parsed), changed, len(parsed) - changed, unverified)
 
     @staticmethod
-    def _parse_row(row: Any) -> dict[str, Any]:
+    def _parse_row(row: Any, roots: list[Path] | None = None) -> dict[str, Any]:
         if not isinstance(row, Mapping):
             raise LabelError(f"expected an object with dataset, path and label, got {type(row).__name__}")
         if None in row:  # csv.DictReader: more values than header columns
@@ -880,8 +921,17 @@ class LabelStore:
         if missing:
             raise LabelError(f"missing {', '.join(missing)}")
         problems: list[str] = []
+        for key in REQUIRED_COLUMNS:
+            _text(key, row[key])
+        dataset = row["dataset"].strip()
+        if roots is not None and not is_builtin(dataset):
+            # checked before anything touches the path: the message is the same whether it exists or not
+            try:
+                check_allowed(dataset, roots)
+            except AccessError:
+                raise LabelError(f"dataset {dataset!r} is outside the folders this server may read") from None
         try:
-            out: dict[str, Any] = {"dataset": canonical_key(row["dataset"])}
+            out: dict[str, Any] = {"dataset": canonical_key(dataset)}
         except DatasetError as exc:
             raise LabelError(str(exc)) from None
 
@@ -896,12 +946,14 @@ class LabelStore:
 
         out["path"] = take("path", normalize_path)
         out["label"] = take("label", normalize_label)
-        out["defect_type"] = take("defect_type", normalize_defect)
-        out["note"] = take("note", lambda v: "" if v is None else str(v))
-        out["author"] = take("author", lambda v: str(v).strip() or None if v is not None else None, None)
-        out["time"] = take("time", lambda v: _check_time(v) if v not in (None, "") else None, None)
-        out["content_hash"] = take("content_hash", lambda v: _check_hash(v) if v not in (None, "") else None)
-        out["mask"] = take("mask_png_base64", _mask_from_base64)
+        out["note"] = take("note", normalize_note)
+        out["defect_type"] = take("defect_type", lambda v: normalize_defect(_text("defect_type", v)) if v is not None else None)
+        out["author"] = take("author", lambda v: _text("author", v).strip() or None if v is not None else None, None)
+        out["time"] = take("time", lambda v: _check_time(_text("time", v)) if v not in (None, "") else None, None)
+        out["content_hash"] = take("content_hash",
+                                   lambda v: _check_hash(_text("content_hash", v)) if v not in (None, "") else None)
+        out["mask"] = take("mask_png_base64",
+                           lambda v: _mask_from_base64(_text("mask_png_base64", v, MAX_MASK_CHARS)) if v else None)
         if out["label"] == "good" and any(out[k] not in (KEEP, None) for k in ("defect_type", "mask")):
             problems.append("a good image has no defect type or mask")
         if problems:
@@ -934,6 +986,26 @@ class LabelStore:
     def import_file(self, path: Path | str, *, author: str | None = None, check_paths: bool = True) -> ImportResult:
         """Import a CSV (``.csv``) or JSON (``.json``; else sniffed) file; see :meth:`import_rows`."""
         return self.import_rows(read_label_file(path), author=author, check_paths=check_paths)
+
+
+def _files_on_disk(dataset: str, paths: list[str], why: Exception) -> dict[str, Path]:
+    """The paths of an import that are regular image files in ``dataset``'s folder, when the dataset cannot be
+    indexed (``why``); a built-in key that does not open, or a missing folder, has none."""
+    if is_builtin(dataset) or not Path(dataset).is_dir():
+        return {}
+    folder = Path(dataset).resolve()
+    found = {}
+    for rel in paths:
+        p = folder / rel
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError):
+            continue
+        roots = read_roots()
+        inside = folder in real.parents or (roots is not None and is_below(real, roots))
+        if inside and p.is_file() and is_image_file(p):
+            found[rel] = p
+    return found
 
 
 def _mask_from_base64(value: Any) -> bytes | None:

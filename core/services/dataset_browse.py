@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.index import DatasetIndex, Sample
+from core.data.report import data_report
 from core.services.jobs import JobContext
 from core.services.thumbnails import check_images
 
@@ -110,9 +111,12 @@ def check_job_id(index: DatasetIndex) -> str:
     return "dataset-check-" + hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def check_files_task(paths: list[str], size: int, chunk: int = 64) -> Callable[[JobContext], list[tuple[str, str]]]:
+def check_files_task(paths: list[str], size: int, chunk: int = 64,
+                     index: DatasetIndex | None = None) -> Callable[[JobContext], list[tuple[str, str]]]:
     """A job that decodes every file (making its ``size`` thumbnail) in chunks of ``chunk``, publishing
-    ``done`` / ``total`` / ``failures`` and honouring the stop request; its result is ``[(path, reason)]``."""
+    ``done`` / ``total`` / ``failures`` and honouring the stop request; its result is ``[(path, reason)]``.
+    With ``index``, a finished check also publishes ``report``: :func:`core.data.report.data_report`
+    (the colour channels of every image, non-binary masks)."""
 
     def run(ctx: JobContext) -> list[tuple[str, str]]:
         failures: list[tuple[str, str]] = []
@@ -122,6 +126,8 @@ def check_files_task(paths: list[str], size: int, chunk: int = 64) -> Callable[[
                 break
             failures += check_images(paths[start : start + chunk], size)
             ctx.update(done=min(len(paths), start + chunk), failures=list(failures))
+        if index is not None and not ctx.stop.is_set():
+            ctx.update(report=data_report(index))
         return failures
 
     return run

@@ -67,7 +67,8 @@ def projection_task(
     State: ``step``, ``steps``, ``energy`` (mean per step so far). Result: uint8 frames ``x``,
     ``recon``, ``heat`` ``[F, B, H, W, 3]`` for the ``frame_steps``; ``energy`` (mean per step) and
     ``energy_per_image``; the comparison data (``x0``, ``plain_recon``, ``proj_map``, ``recon_map``,
-    their scores and colour scales ``proj_vmax`` and ``recon_vmax``); ``diverged`` ([(label, step)]); ``stopped``.
+    their scores and colour scales ``proj_vmax`` and ``recon_vmax``); ``diverged`` ([(label, step)]); ``guarded`` ([(label, halvings, alpha,
+    stalled)]) and ``energy_rises`` (step-to-step rises of any image's energy); ``stopped``.
     """
 
     def task(ctx: JobContext) -> dict[str, Any]:
@@ -128,6 +129,11 @@ def projection_task(
             "proj_vmax": _quantile_vmax(proj_map_np, MAP_QUANTILE),
             "masks": masks,
             "diverged": [(labels[i], s) for i, s in enumerate(last.diverged_step) if s is not None],
+            "monotone": cfg.monotone,
+            # the guard: (label, halvings of alpha, the alpha it ends with, stalled) of every image it acted on
+            "guarded": [(labels[i], int(h), float(a), bool(st)) for i, (h, a, st)
+                        in enumerate(zip(last.halvings.tolist(), last.alpha.tolist(), last.stalled.tolist())) if h],
+            "energy_rises": int(np.count_nonzero(np.diff(torch.stack(energies).numpy().astype(np.float64), axis=0) > 0)),
             "stopped": stopped,
             "seconds": time.perf_counter() - started,
         }

@@ -21,7 +21,8 @@ import torch
 from core import runs
 from core.config import TrainConfig
 from core.data.builtin import open_dataset
-from core.data.loading import detect_channels, load_split
+from core.data.loading import load_split
+from core.data.report import training_channels
 from core.detectors.padim import GaussianAccumulator, select_channels
 from core.detectors.patchcore import PROJECTION_DIM, greedy_coreset
 from core.device import resolve_device
@@ -61,7 +62,8 @@ def fit_features(cfg: TrainConfig, run_dir: Path | None = None, *, progress: Pro
     started = time.monotonic()
     device = resolve_device(cfg.device)
     index = open_dataset(cfg.data, cfg.category, seed=cfg.data_seed)
-    cfg = replace(cfg, category=index.category, channels=cfg.channels or detect_channels(index), epochs=1)
+    channels, channels_note = (cfg.channels, None) if cfg.channels else training_channels(index)
+    cfg = replace(cfg, category=index.category, channels=channels, epochs=1)
     train = load_split(index, "train", cfg.size, cfg.channels)
     if len(train) == 0:
         raise ConfigError(f"no readable training image in {index.root} ({len(train.skipped)} skipped)")
@@ -70,7 +72,8 @@ def fit_features(cfg: TrainConfig, run_dir: Path | None = None, *, progress: Pro
     run_dir.mkdir(parents=True, exist_ok=True)
     batches = math.ceil(len(train) / FIT_BATCH)
     runs.write_config(run_dir, cfg, {"device": str(device), "precision": fc.precision, "data_root": str(index.root),
-                                     "n_train": len(train), "n_val": 0, "skipped": train.skipped + index.skipped})
+                                     "n_train": len(train), "n_val": 0, "skipped": train.skipped + index.skipped,
+                                     "channels_note": channels_note})
     runs.write_history(run_dir, "running", [], 0, math.nan)
     if progress:
         progress(Progress("start", 0, 1, batches=batches, run_dir=str(run_dir)))

@@ -25,7 +25,8 @@ from core import runs
 from core.config import FEATURE_MODELS, TrainConfig
 from core.data.builtin import open_dataset
 from core.data.index import DatasetIndex
-from core.data.loading import augment_batch, detect_channels, load_split
+from core.data.loading import augment_batch, load_split
+from core.data.report import training_channels
 from core.device import autocast, resolve_device, resolve_precision
 from core.errors import ConfigError
 from core.models import build_model
@@ -38,6 +39,14 @@ from core.training.common import (
 )
 from core.training.features import fit_features
 from core.training.fnet import FNetObjective
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """Batches per epoch over ``n`` images. A last batch of one image is merged into the one before it:
+    BatchNorm cannot train on a single image (it has one value per channel at a 1x1 bottleneck) and its
+    statistics would be those of one image."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (rest > 1 or (rest == 1 and full == 0)))
 
 
 def _to_model_input(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -68,7 +77,7 @@ class ReconstructionObjective(Objective):
             self.train_images = self.train_images.pin_memory().to(device, non_blocking=True)
             self.val_images = self.val_images.pin_memory().to(device, non_blocking=True)
         self.preview_images = (self.val_images if len(self.val_images) else self.train_images)[:4].cpu()
-        self.n_batches = max(1, math.ceil(len(self.train_images) / cfg.batch_size))
+        self.n_batches = batch_count(len(self.train_images), cfg.batch_size)
         self.resolved = {"n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
                          "skipped": train_full.skipped + index.skipped}
         return model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -77,7 +86,8 @@ class ReconstructionObjective(Objective):
         n = len(self.train_images)
         perm = torch.randperm(n, generator=gen)
         for b in range(self.n_batches):
-            idx = perm[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+            end = n if b == self.n_batches - 1 else (b + 1) * self.cfg.batch_size  # the last batch takes the rest
+            idx = perm[b * self.cfg.batch_size : end]
             raw = self.train_images[idx.to(self.train_images.device)]
             if self.cfg.augment:
                 raw = augment_batch(raw, self.cfg.size, hflip=self.cfg.hflip, vflip=self.cfg.vflip, generator=gen)
@@ -151,6 +161,10 @@ def fit(
     objective = objective_for(cfg)
     if resume and not objective.resumable:
         raise ConfigError(f"--resume is not supported for {cfg.model} runs; train it again (it takes minutes)")
+    if resume and (run_dir is None or not (Path(run_dir) / runs.LAST_CKPT).is_file()):
+        where = f"{run_dir}" if run_dir is not None else "no run folder was given (--out)"
+        raise ConfigError(f"nothing to resume: {where} has no {runs.LAST_CKPT} (the checkpoint written after each "
+                          "epoch); start a new run instead, so that its model.pt is not overwritten")
     started = time.monotonic()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -158,7 +172,8 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     index = open_dataset(cfg.data, cfg.category, seed=cfg.data_seed)
-    cfg = replace(cfg, category=index.category, channels=cfg.channels or detect_channels(index))
+    channels, channels_note = (cfg.channels, None) if cfg.channels else training_channels(index)
+    cfg = replace(cfg, category=index.category, channels=channels)
     model = objective.setup(cfg, index, device).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and precision == "fp16"))
@@ -167,17 +182,18 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     best_val, best_epoch, start_epoch = math.inf, 0, 1
-    if resume and (run_dir / runs.LAST_CKPT).exists():
+    if resume:
         state = runs.load_checkpoint(run_dir / runs.LAST_CKPT)
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        history = runs.read_history(run_dir).get("epochs", [])
+        start_epoch = int(state["epoch"]) + 1
+        # the history may run past the checkpoint (a kill between the two writes): cut it back to the checkpoint
+        history = [h for h in runs.read_history(run_dir).get("epochs", []) if int(h.get("epoch", 0)) < start_epoch]
         best_val = float(state.get("best_val_loss", math.inf))
         best_epoch = int(state.get("best_epoch", 0))
-        start_epoch = int(state["epoch"]) + 1
         gen.manual_seed(cfg.seed + start_epoch)
     runs.write_config(run_dir, cfg, {"device": str(device), "precision": precision, "data_root": str(index.root),
-                                     **objective.resolved})
+                                     "channels_note": channels_note, **objective.resolved})
 
     def checkpoint(epoch: int, val_loss: float) -> dict[str, Any]:
         return {**runs.checkpoint_payload(cfg, model, epoch=epoch, val_loss=val_loss), **objective.payload_extras()}
@@ -188,7 +204,7 @@ def fit(
         runs.save_checkpoint(run_dir / runs.LAST_CKPT, payload)
 
     batches = objective.n_batches
-    status, epoch, last_saved = "finished", start_epoch - 1, time.monotonic()
+    status, epoch = "finished", start_epoch - 1
     runs.write_history(run_dir, "running", history, best_epoch, best_val)
     if progress:
         progress(Progress("start", start_epoch - 1, cfg.epochs, batches=batches, history=list(history), run_dir=str(run_dir)))
@@ -224,10 +240,8 @@ def fit(
                 runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch, val_loss))
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extras,
                             "seconds": time.monotonic() - t0})
+            save_last(epoch)  # atomically, every epoch: a kill loses at most the epoch in progress
             runs.write_history(run_dir, "running", history, best_epoch, best_val)
-            if time.monotonic() - last_saved > 60:
-                save_last(epoch)
-                last_saved = time.monotonic()
             elapsed = time.monotonic() - started
             per_epoch = elapsed / max(1, epoch - start_epoch + 1)
             eta = per_epoch * (cfg.epochs - epoch)

@@ -41,6 +41,18 @@ def _texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def _check_all(at: AppTest, until: str) -> str:
+    """Click "Check all files" and rerun until ``until`` shows (at most 60 s); the page's texts."""
+    at.button(key="dataset_check_all").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 60
+    while until not in _texts(at) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+    assert not at.exception
+    return _texts(at)
+
+
 def test_dataset_page_on_builtin_synthetic() -> None:
     at = _dataset_page(AppTest.from_file(APP, default_timeout=120))
     assert at.title[0].value == "Dataset"
@@ -155,14 +167,7 @@ def test_dataset_page_lists_skipped_and_corrupt_files(custom_tree: Path) -> None
     assert not at.exception and "1200 × 300 px, gray (shown at 1024 × 256)" in _texts(at)
 
     # "Check all files" decodes everything in the background and lists the failure with its reason.
-    at.button(key="dataset_check_all").click().run()
-    assert not at.exception
-    deadline = time.monotonic() + 60
-    while "Do not decode" not in _texts(at) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        at.run()
-    assert not at.exception
-    text = _texts(at)
+    text = _check_all(at, "Do not decode")
     assert "Do not decode" in text and "1 of 13 checked files" in text
     failed = next(df.value for df in at.dataframe if "file" in df.value.columns and "test/dent/003.png" in set(df.value["file"]))
     assert "003.png" in failed.loc[failed["file"] == "test/dent/003.png", "reason"].iloc[0]
@@ -183,3 +188,32 @@ def test_dataset_page_on_builtin_digits() -> None:
     at.checkbox(key="dataset_only_mask").uncheck().run()
     at.multiselect(key="dataset_defects").set_value(["digit_1"]).run()
     assert not at.exception and "no pixel ground truth" in _texts(at).lower()
+
+
+def test_dataset_page_does_not_follow_links_out_of_the_roots_and_reports_channels_and_masks(
+        custom_tree: Path, tmp_path: Path) -> None:
+    """Issue 14: a link below an allowed root that leads outside is skipped, not listed; the full check reports
+    the mixed colour/gray training images and a non-binary mask."""
+    outside = tmp_path / "outside"
+    rng = np.random.default_rng(5)
+    for i in range(7):
+        _png(outside / f"secret{i}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    cat = custom_tree / "widget"
+    (cat / "train" / "good" / "leak.png").symlink_to(outside / "secret0.png")
+    (cat / "test" / "stolen").symlink_to(outside, target_is_directory=True)
+    _png(cat / "ground_truth" / "dent" / "000_mask.png", np.tile(np.linspace(0, 255, 40).astype(np.uint8), (40, 1)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[ui.KEY_SOURCE] = str(custom_tree)
+    _dataset_page(at)
+    text = _texts(at)
+    assert "secret" not in " ".join(_thumb_labels(at)) and "leak.png" not in " ".join(_thumb_labels(at))
+    tables = [df.value for df in at.dataframe if "file" in df.value.columns]
+    skipped = next(t for t in tables if "train/good/leak.png" in set(t["file"]))
+    reasons = set(skipped.loc[skipped["file"].isin(["train/good/leak.png", "test/stolen/secret3.png"]), "reason"])
+    assert reasons == {"a link that leads outside the folders this server may read"}
+    assert str(outside) not in text
+    text = _check_all(at, "Channels")
+    assert "training images: 6 colour, 1 gray" in text and "A run trains in **RGB**" in text
+    assert any("mix colour (6) and gray (1" in w.value for w in at.warning)
+    assert any("1 of 2 masks are not binary" in w.value for w in at.warning)
+    assert any("2 data warnings" in e.label for e in at.expander)

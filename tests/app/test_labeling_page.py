@@ -141,3 +141,21 @@ def test_label_page_import_export(fabric_run: Path) -> None:
     mvtec.click().run()
     assert not at.exception, at.exception
     assert any("Written to" in s.value for s in at.success)
+
+
+def test_label_page_import_applies_the_allowed_roots_and_discloses_nothing(fabric_run: Path, tmp_path: Path) -> None:
+    """Issue 14: rows naming /etc or a folder outside the roots are refused, in words that do not tell whether
+    anything exists there."""
+    outside = tmp_path / "elsewhere"
+    (outside / "good").mkdir(parents=True)
+    at = _open("views/labeling.py")
+    errors = []
+    for ds in ("/etc", str(outside), str(tmp_path / "no-such-folder")):
+        rows = f"dataset,path,label\n{ds},passwd,good\n".encode()
+        at.file_uploader(key=labeling.KEY_IMPORT).set_value(("rows.csv", rows, "text/csv")).run()
+        assert not at.exception, at.exception
+        shown = [e.value for e in at.error]
+        assert len(shown) == 1 and "outside the folders this server may read" in shown[0], shown
+        errors.append(shown[0].replace(ds, "DS"))
+    assert len(set(errors)) == 1
+    assert not ui.label_store().export_rows("/etc")

@@ -168,7 +168,7 @@ def test_projection_page_warns_about_divergence(vae_run: Path) -> None:
 
     model = Exploding()
     x0 = torch.rand(2, 3, 32, 32)
-    cfg = ProjectionConfig(steps=3)
+    cfg = ProjectionConfig(steps=3, monotone=False)  # the article's plain update (the guard would halve alpha)
     task = projection_job.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
     job = ui.job_registry().start(projection_job.JOB_KIND, "diverging", task, job_id="projection-test-divergence",
                                   run_id=vae_run.name, labels=["calm", "wild"], defects=[None, None],
@@ -183,6 +183,37 @@ def test_projection_page_warns_about_divergence(vae_run: Path) -> None:
     warnings = [w.value for w in at.warning]
     assert len(warnings) == 1 and "**wild** at step 1" in warnings[0] and "calm" not in warnings[0]
     assert len(at.get("plotly_chart")) == 1
+    assert any("Plain update (no guard)" in c.value for c in at.caption)
+
+
+def test_projection_page_shows_what_the_energy_guard_did(vae_run: Path) -> None:
+    """Issue 14: with the guard (the default) a step that would raise an image's energy halves its alpha;
+    the page names the image and says that no energy rose."""
+
+    class Constant(torch.nn.Module):  # f(x) = 0.5: at alpha 8 the first step of an image at 0.9 overshoots
+        def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, 0.5)
+
+        def recon_energy(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+            return (x - recon).pow(2).flatten(1).sum(1)
+
+    model = Constant()
+    x0 = torch.cat([torch.full((1, 3, 32, 32), 0.6), torch.full((1, 3, 32, 32), 0.9)])
+    cfg = ProjectionConfig(steps=3, alpha=8.0, lam=0.0)
+    task = projection_job.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+    job = ui.job_registry().start(projection_job.JOB_KIND, "guarded", task, job_id="projection-test-guard",
+                                  run_id=vae_run.name, labels=["calm", "wild"], defects=[None, None],
+                                  config={"steps": 3, "alpha": cfg.alpha, "lam": cfg.lam, "map_mode": cfg.map_mode})
+    assert job.join(60) and job.snapshot().status == "finished", job.snapshot().error
+    result = job.snapshot().result
+    assert result["energy_rises"] == 0 and [g[0] for g in result["guarded"]] == ["wild"]
+    at = _open("builtin:synthetic", "bottle", vae_run.name)
+    at.session_state[projection.KEY_JOB] = job.id
+    at.run()
+    assert not at.exception, at.exception
+    caption = next(c.value for c in at.caption if "Energy guard" in c.value)
+    assert "1 of 2 image(s)" in caption and "wild (α halved 1×)" in caption and "No image's energy rose" in caption
+    assert not at.warning
 
 
 def test_projection_page_without_a_run_shows_guidance(vae_run: Path) -> None:

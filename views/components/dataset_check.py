@@ -16,10 +16,10 @@ from views.components.display import plural
 CHECK_CHUNK = 64  # files per step of the background check (progress and stop granularity)
 
 
-def _start_check(job_id: str, paths: list[str], size: int) -> None:
+def _start_check(job_id: str, paths: list[str], size: int, index: DatasetIndex) -> None:
     try:
-        ui.job_registry().start("dataset-check", f"Check {len(paths)} files", check_files_task(paths, size, CHECK_CHUNK),
-                                job_id=job_id)
+        ui.job_registry().start("dataset-check", f"Check {len(paths)} files",
+                                check_files_task(paths, size, CHECK_CHUNK, index), job_id=job_id)
     except ValueError:
         pass  # the same check is already running (another session or a double click)
 
@@ -43,7 +43,7 @@ def draw_check(index: DatasetIndex, job_id: str, size: int) -> None:
     paths = [str(s.path) for s in index.samples]
     if snap is None:
         st.button(f"Check all files ({len(paths):,})", icon=":material/fact_check:", key="dataset_check_all",
-                  on_click=_start_check, args=(job_id, paths, size),
+                  on_click=_start_check, args=(job_id, paths, size, index),
                   help="Decode every image once in the background (this also makes every thumbnail). "
                        "Unchanged files are only decoded once, so checking again is quick.")
         return
@@ -64,7 +64,7 @@ def draw_check(index: DatasetIndex, job_id: str, size: int) -> None:
     if snap.running:
         progress()
         return
-    again = {"on_click": _start_check, "args": (job_id, paths, size), "key": "dataset_check_again", "icon": ":material/refresh:"}
+    again = {"on_click": _start_check, "args": (job_id, paths, size, index), "key": "dataset_check_again", "icon": ":material/refresh:"}
     if snap.status == FAILED:
         st.warning(f"The check could not finish: {snap.error}")
         st.button("Check again", **again)
@@ -78,7 +78,29 @@ def draw_check(index: DatasetIndex, job_id: str, size: int) -> None:
         failure_table(failures, index.root)
     elif snap.status == FINISHED:
         st.success(f"All {len(paths):,} images decode.", icon=":material/check_circle:")
+    if snap.state.get("report"):
+        draw_report(snap.state["report"])
     st.button("Check again", **again)
+
+
+def draw_report(report: dict) -> None:
+    """The data report's channels and masks (``core.data.report.data_report``), with its warnings."""
+    ch, masks = report["channels"], report["masks"]
+    for warning in report["warnings"]:
+        st.warning(warning[0].upper() + warning[1:] + ".", icon=":material/warning:")
+    st.markdown(f"**Channels** — training images: {ch['train_color']:,} colour, {ch['train_gray']:,} gray; test images: "
+                f"{ch['test_color']:,} colour, {ch['test_gray']:,} gray. A run trains in "
+                f"**{'RGB' if ch['run_channels'] == 3 else 'gray'}**.")
+    if ch["mixed"] and ch["gray_files"]:
+        st.caption("Gray images: " + ", ".join(f"`{f}`" for f in ch["gray_files"][:10])
+                   + (" …" if len(ch["gray_files"]) > 10 else ""))
+    n_masks = masks["binary"] + masks["non_binary"]
+    if n_masks:
+        st.markdown(f"**Masks** — {masks['binary']:,} binary, {masks['non_binary']:,} with values between their two levels"
+                    + (f", {masks['unreadable']:,} unreadable" if masks["unreadable"] else ""))
+        if masks["non_binary_files"]:
+            st.dataframe([{"mask": m["file"], "pixels in between": f"{m['share_between']:.1%}"}
+                          for m in masks["non_binary_files"]], hide_index=True, width="stretch")
 
 
 def draw_problems(index: DatasetIndex, page_errors: list[tuple[str, str]], size: int) -> None:
@@ -94,6 +116,9 @@ def draw_problems(index: DatasetIndex, page_errors: list[tuple[str, str]], size:
         parts.append(f"{len(unreadable):,} unreadable")
     elif page_errors:
         parts.append(f"{len(page_errors):,} unreadable on this page")
+    warnings = len(snap.state.get("report", {}).get("warnings", [])) if checked else 0
+    if warnings:
+        parts.append(plural(warnings, "data warning"))
     label = "Skipped and unreadable files: " + ", ".join(parts)
     with st.expander(label, icon=":material/report:", expanded=bool(unreadable) or snap is not None):
         if index.skipped:

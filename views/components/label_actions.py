@@ -182,7 +182,7 @@ def import_upload() -> None:
         path = tmp / f"upload{suffix}"
         path.write_bytes(f.getvalue())
         try:
-            result = ui.label_store().import_rows(read_label_file(path))
+            result = ui.label_store().import_rows(read_label_file(path), roots=ui.allowed_roots())
         except (LabelImportError, LabelError, LabelStoreError, UnicodeDecodeError, OSError) as exc:
             flash("error", f"{f.name}: {exc}")
             return

@@ -113,6 +113,7 @@ def draw_summary(snap: JobSnapshot, run: LoadedRun) -> None:
         which = ", ".join(f"**{label}** at step {step}" for label, step in r["diverged"])
         st.warning(f"The projection diverged for {which}; those images keep their last finite iterate. "
                    "Try a smaller step size α.", icon=":material/warning:")
+    st.caption(guard_caption(r, cfg.get("alpha")))
 
 
 def draw_animation(snap: JobSnapshot) -> None:
@@ -207,3 +208,18 @@ def draw_result(snap: JobSnapshot, run: LoadedRun, step_key: str) -> None:
         draw_inspector(snap, step_key)
     with gif_tab:
         draw_gif(snap)
+
+
+def guard_caption(r: dict[str, Any], alpha: float | None) -> str:
+    """What the monotone guard did: which images needed a smaller α, and whether any energy rose."""
+    if not r.get("monotone", True):
+        rises = r.get("energy_rises", 0)
+        return (f"Plain update (no guard): an image's energy rose {rises} time{'s' if rises != 1 else ''} from one step "
+                "to the next.")
+    guarded = r.get("guarded") or []
+    if not guarded:
+        return f"Energy guard: no image's energy rose; every step used α = {alpha:.4g}."
+    names = ", ".join(f"{label} (α halved {h}×{', stalled' if stalled else ''})" for label, h, _, stalled in guarded[:6])
+    more = f" and {len(guarded) - 6} more" if len(guarded) > 6 else ""
+    return (f"Energy guard: a step would have raised the energy of {len(guarded)} of {len(r['labels'])} image(s), so α "
+            f"was halved for them: {names}{more}. No image's energy rose. Stalled = no step, even at α / 1024, lowered it.")

@@ -42,6 +42,7 @@ from core.workspace import (
     default_allowed_roots,
     last_selection,
     save_last_selection,
+    set_read_roots,
 )
 
 # Session-state keys (the only ones the app uses).
@@ -82,9 +83,9 @@ def allowed_roots() -> list[Path]:
         configured = st.secrets.get("allowed_roots")
     except Exception:  # no secrets.toml: that is the normal case
         configured = None
-    if configured:
-        return [Path(str(p)).expanduser().resolve() for p in configured]
-    return default_allowed_roots()
+    roots = [Path(str(p)).expanduser().resolve() for p in configured] if configured else default_allowed_roots()
+    set_read_roots(roots)  # the server's own reads (indexes, jobs) follow links only into these folders
+    return roots
 
 
 def check_data_path(spec: str) -> str:
