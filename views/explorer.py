@@ -32,7 +32,7 @@ from core.services.threshold import (
     gives_image_scores,
     scoring_task,
 )
-from views.components import ui
+from views.components import report_button, ui
 from views.components.display import load_test_view
 from views.components.threshold_charts import histogram_figure, pr_figure, roc_figure
 from views.components.threshold_panels import (
@@ -188,6 +188,9 @@ def main() -> None:
     draw_pixel_level(ss, view)
     draw_record(ss, curves, t)
     save_if_changed(run.path, detector, sel.label_source)
+    st.subheader("Review report")  # after the save: the report is made for the operating point shown
+    with st.columns([2, 3])[0]:
+        report_button.draw(run.path, detector, sel.label_source, key="thr_report")
     ui.url_write(**{ui.URL_DETECTOR: detector, ui.URL_THRESHOLD: repr(float(t))})
 
 

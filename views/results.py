@@ -19,7 +19,7 @@ from core.runs import LoadedRun
 from core.services.latent import shows_latent
 from core.services.results_view import defect_order, ranked, type_rows
 from core.viz import HEATMAP_QUANTILE
-from views.components import ui
+from views.components import report_button, ui
 from views.components.charts import image_strip, latent_scatter, score_histogram
 from views.components.display import (
     cached_latent_view,
@@ -156,6 +156,8 @@ def main() -> None:
                 pixel_threshold=pixel_operating_threshold(run.path, view["scored"]) if view["maps"] is not None else None)
     draw_header(run, view)
     draw_metrics(view)
+    with st.columns([3, 1])[1]:
+        report_button.draw(run.path, view["scored"].detector, sel.label_source, key="res_report")
     tab_names = ["Test images", "Score distribution"]
     latent = shows_latent(run.model, run.config.size)
     if latent:

@@ -23,11 +23,13 @@ from core.config import FEATURE_MODELS, AnoUnetConfig, ProjectionConfig, TrainCo
 from core.data.builtin import all_datasets, open_dataset
 from core.data.report import data_report
 from core.detectors import registry as detectors
+from core.errors import ConfigError
 from core.evaluation.anounet import evaluate_anounet
 from core.evaluation.curves import check_rule_options
 from core.evaluation.evaluate import evaluate_run, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
 from core.runs import CONFIG_FILE, read_history, run_model
+from core.services.report import write_pdf, write_report
 from core.training.loop import fit
 
 T = TypeVar("T")
@@ -186,6 +188,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"  {path}: {reason}", file=sys.stderr)
         for warning in m.get("data_warnings") or []:
             print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out must name an .html file, got {out.name!r}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name ending in .html")
+    res = write_report(args.run_dir, out, pdf=False, detector=args.detector, compare=args.compare,
+                       labels=args.labels, device=args.device, n_boot=args.boot)
+    pdf_note = None
+    if args.pdf:
+        try:
+            write_pdf(out, out.with_suffix(".pdf"))
+            res["pdf"] = str(out.with_suffix(".pdf"))
+        except ConfigError as exc:
+            pdf_note = str(exc)
+    data = res["data"]
+    if args.json:
+        slim = {k: v for k, v in data.items() if k not in ("galleries", "curves")}
+        g = data["galleries"]  # the images stay in the HTML; which ones they are, here
+        slim["galleries"] = {"n_false_alarms": g["n_false_alarms"], "n_misses": g["n_misses"],
+                             **{k: [it["path"] for it in g[k]] for k in ("false_alarms", "misses", "top_detections", "views")}}
+        for c in slim["compare"]:
+            c.pop("roc", None), c.pop("pr", None)
+        print(json.dumps({**slim, "path": res["path"], "bytes": res["bytes"], "pdf": res["pdf"], "pdf_note": pdf_note}))
+    else:
+        d = data["decision"]
+        print(f"report: {res['path']} ({res['bytes'] / 1e6:.1f} MB)" + (f", PDF: {res['pdf']}" if res["pdf"] else ""))
+        print(f"decision: threshold {d['threshold']:.6g} ({data['decision']['rule_title']}): flags {d['tp'] + d['fp']}, "
+              f"catches {d['tp']} of {d['tp'] + d['fn']}, {d['fp']} false alarm(s)")
+        for w in data["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+    if pdf_note:
+        print(f"no PDF: {pdf_note}", file=sys.stderr)
     return 0
 
 

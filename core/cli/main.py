@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a setting of the detector (repeatable), e.g. --set steps=10 --set alpha=0.2")
     e.set_defaults(func=_command("cmd_evaluate"))
 
+    rp = sub.add_parser("report", help="the review report of a run: one self-contained HTML file (decision, data, model, "
+                                       "metrics with intervals, curves, galleries, the decision record)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--detector", default="auto", help="the detector whose saved operating point is reported")
+    rp.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
+                    help="other runs on the same data: their curves and a paired test of each AUROC difference")
+    rp.add_argument("--labels", choices=["dataset", "mine", "merged"], default="dataset")
+    rp.add_argument("--out", required=True, help="the HTML file to write")
+    rp.add_argument("--pdf", action="store_true", help="also print it to OUT.pdf with Chromium")
+    rp.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the image metrics' intervals")
+    rp.add_argument("--device", default="cpu")
+    rp.add_argument("--json", action="store_true", help="print the report's numbers as one JSON object")
+    rp.set_defaults(func=_command("cmd_report"))
+
     ds = sub.add_parser("detectors", help="list the detectors a run supports, with their settings and defaults")
     ds.add_argument("run_dir")
     ds.add_argument("--json", action="store_true", help="print one JSON object")

@@ -43,7 +43,7 @@ class ProjectionFrame:
     diverged: torch.Tensor  # [B] bool: this image diverged and is frozen at its last finite iterate
     diverged_step: list[int | None]  # per image: the step at which it diverged
     halvings: torch.Tensor | None = None  # [B] int: times alpha was halved for this image so far (monotone guard)
-    alpha: torch.Tensor | None = None  # [B] the step size each image uses now
+    alpha: torch.Tensor | None = None  # [B] the step size each image takes next (halved on a rise, doubled back after)
     stalled: torch.Tensor | None = None  # [B] bool: no step (down to alpha / 2**MAX_HALVINGS) lowered its energy
 
 
@@ -94,8 +94,8 @@ def project(model: torch.nn.Module, x0: torch.Tensor, cfg: ProjectionConfig) -> 
 
     With ``cfg.monotone`` (the default) no image's energy ever rises: the step follows the steepest-descent
     subgradient of E (:func:`_energy_gradient`, the same gradient wherever x != x0), and when a step would still raise
-    an image's energy (or make it non-finite) alpha is halved for that image (and stays halved) and the step
-    retried, up to :data:`MAX_HALVINGS` times; an image that no such step improves stays where it is (``stalled``). The
+    an image's energy (or make it non-finite) alpha is halved for that image and the step retried, up to
+    :data:`MAX_HALVINGS` times (after a step that lowers E at once, its alpha doubles back towards ``cfg.alpha``); an image that no such step improves stays where it is (``stalled``). The
     paper's plain update (``monotone=False``) instead freezes an image whose energy becomes non-finite or
     explodes past ``divergence_factor`` x its start, at its last finite iterate (``diverged_step``).
     Memory stays O(batch) unless the caller keeps frames.
@@ -131,6 +131,9 @@ def project(model: torch.nn.Module, x0: torch.Tensor, cfg: ProjectionConfig) -> 
         e_c, rec_c, recon_c, grad_c = _evaluate(model, cand, x0, cfg.lam, precision, not last, diverged)
         if cfg.monotone:
             rose = active & ~(e_c <= e)  # a NaN energy counts as a rise
+            # an image whose step at its (halved) alpha lowered E at once gets its alpha doubled back for the
+            # next step, up to the configured one: one bad step does not slow the rest of its projection
+            alpha = torch.where(active & ~rose, (alpha * 2).clamp(max=float(cfg.alpha)), alpha)
             for _ in range(MAX_HALVINGS):
                 if not bool(rose.any()):
                     break

@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from core.evaluation.pixel import pixel_curves, pixel_metrics
 from core.evaluation.scored import ScoredSet
 from core.workspace import csv_cell_in, csv_cell_out
 
+RECORD_SCRIPT_ID = "anomalylab-decision-record"  # the <script> of a review report that holds its record
 RECORD_FORMAT = "anomalylab-decision/1"
 RECORD_RULES = (*RULES, "manual")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -255,6 +257,24 @@ class DecisionRecord(_Section):
         except json.JSONDecodeError as exc:
             raise ConfigError(f"decision record is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(obj)
+
+    @classmethod
+    def from_html(cls, text: str | bytes) -> DecisionRecord:
+        """The record embedded in a review report (``python -m core report``)."""
+        m = re.search(r'<script type="application/json" id="' + RECORD_SCRIPT_ID + r'">(.*?)</script>', _text(text), re.S)
+        if m is None:
+            raise ConfigError("this HTML file holds no decision record (expected an AnomalyLab review report)")
+        return cls.from_json(m.group(1))
+
+    @classmethod
+    def from_file(cls, name: str, data: str | bytes) -> DecisionRecord:
+        """A record from an uploaded file: CSV, JSON, or a review report (HTML), by the name's suffix."""
+        lower = name.lower()
+        if lower.endswith(".csv"):
+            return cls.from_csv(data)
+        if lower.endswith((".html", ".htm")):
+            return cls.from_html(data)
+        return cls.from_json(data)
 
     @classmethod
     def from_csv(cls, text: str | bytes) -> DecisionRecord:

@@ -41,6 +41,9 @@ SCORED_DIR = "scored"
 
 
 SCORED_FORMAT = "anomalylab-scored/1"
+# Bumped when a detector's algorithm changes under the same settings, so that its cached scores are made again
+# (projection 2: the energy guard, issue 14).
+DETECTOR_VERSIONS = {"projection": 2}
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -486,6 +489,8 @@ def _cache_key(run_dir: Path, spec: detectors.DetectorSpec, settings: Mapping[st
     except OSError:
         raise RunError(f"checkpoint {ckpt} is missing") from None
     parts = [SCORED_FORMAT, spec.name, detectors.settings_key(settings), f"ckpt|{st.st_size}|{st.st_mtime_ns}"]
+    if spec.name in DETECTOR_VERSIONS:
+        parts.append(f"version|{DETECTOR_VERSIONS[spec.name]}")
     if selection is not None:
         parts += ["selection", *selection]
     return _sha1(parts + data_fingerprint(index))

@@ -233,3 +233,41 @@ def test_switching_runs_gives_the_new_runs_pixel_threshold(two_runs: tuple[Path,
     at.selectbox(key=ui.KEY_RUN).set_value(a.name).run()
     assert at.slider(key=explorer.KEY_PIXEL_T).value == pytest.approx(lo)  # and a's own comes back
     clear_point(a, "reconstruction")
+
+
+def test_threshold_page_makes_the_report_and_importing_it_restores_the_decision(two_runs: tuple[Path, Path]) -> None:
+    """Issue 15: "Make report" writes the review report of the shown decision into the run folder; uploading that
+    HTML file as a record on a fresh page restores the decision (rule, target, costs, threshold)."""
+    from core.services.report import stored_report
+    from views.components import report_button
+
+    a, _ = two_runs
+    at = _open(a.name)
+    at.selectbox(key=explorer.KEY_RULE).set_value("tpr").run()
+    at.number_input(key=explorer.KEY_MISS).set_value(25.0).run()
+    at.number_input(key=explorer.KEY_COST_FP).set_value(4.0).run()
+    t = at.session_state[explorer.KEY_T]
+    at.button(key="thr_report_make").click().run()
+    assert not at.exception, at.exception
+    job = ui.job_registry().get(report_button._job_id(a, "reconstruction", "dataset"))
+    assert job is not None and job.join(300) and job.snapshot().status == "finished", job.snapshot().error
+    at.run()
+    made = stored_report(a, "reconstruction")
+    assert made is not None
+    download = next(d for d in at.get("download_button") if d.proto.label.startswith("Download report"))
+    assert f"({made['bytes'] / 1e6:.1f} MB)" in download.proto.label
+    doc = Path(made["path"]).read_bytes()
+
+    at2 = _open(a.name)
+    at2.selectbox(key=explorer.KEY_RULE).set_value("manual").run()
+    at2.file_uploader(key=explorer.KEY_RECORD).set_value(("report.html", doc, "text/html")).run()
+    assert not at2.exception, at2.exception
+    assert at2.selectbox(key=explorer.KEY_RULE).value == "tpr"
+    assert at2.number_input(key=explorer.KEY_MISS).value == pytest.approx(25.0)
+    assert at2.number_input(key=explorer.KEY_COST_FP).value == pytest.approx(4.0)
+    assert at2.session_state[explorer.KEY_T] == pytest.approx(t)
+    assert any("restored" in s.value for s in at2.success)
+    # a changed decision makes the stored report stale: the page offers to make it again
+    at2.number_input(key=explorer.KEY_MISS).set_value(10.0).run()
+    assert stored_report(a, "reconstruction") is None
+    assert any(b.label == "Make report" for b in at2.button)

@@ -145,7 +145,8 @@ def test_the_guard_halves_alpha_for_the_image_whose_step_would_raise_its_energy(
     energies = torch.stack([f.energy for f in frames])
     assert (energies[1:] <= energies[:-1]).all()
     last = frames[-1]
-    assert frames[1].halvings.tolist() == [1, 0] and last.alpha[0].item() == 4.0
+    assert frames[1].halvings.tolist() == [1, 0] and frames[1].alpha[0].item() == 4.0  # after step 1
+    assert last.alpha[0].item() <= 8.0 and last.alpha[1].item() == 8.0  # doubled back up to alpha, never above
     assert abs(frames[1].x[0].item() - (0.9 - 4.0 * 0.8 * 0.16)) < 1e-6
     assert not last.stalled.any() and not last.diverged.any()
     plain = torch.stack([f.energy for f in _frames(ConstantModel(0.5), x0, steps=4, alpha=8.0, lam=0.0, monotone=False)])

@@ -237,7 +237,8 @@ def draw_record(ss: ScoredSet, curves: Curves, t: float) -> None:
         if rec.warnings:
             st.caption(f":orange[The record keeps the warnings: {rec.warnings}.]")
     with right:
-        st.file_uploader("Import a record (restores the choice)", type=["json", "csv"], key=KEY_RECORD, on_change=apply_record)
+        st.file_uploader("Import a record or a review report (restores the choice)", type=["json", "csv", "html"],
+                         key=KEY_RECORD, on_change=apply_record)
         msg = st.session_state.get(KEY_RECORD_MSG)
         if msg and msg[0] == "error":
             st.error(msg[1])

@@ -187,7 +187,7 @@ def apply_record() -> None:
         return
     data = f.getvalue()
     try:
-        rec = DecisionRecord.from_csv(data) if f.name.lower().endswith(".csv") else DecisionRecord.from_json(data)
+        rec = DecisionRecord.from_file(f.name, data)  # CSV, JSON or a review report (HTML)
     except ValueError as exc:
         st.session_state[KEY_RECORD_MSG] = ("error", f"{f.name} is not a decision record: {exc}")
         return
