@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from core.evaluation.evaluate import evaluate_run, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
 from core.runs import CONFIG_FILE, read_history, run_model
 from core.services.report import write_pdf, write_report
+from core.training import distributed
 from core.training.loop import fit
 
 T = TypeVar("T")
@@ -111,11 +113,30 @@ def _interruptible(work: Callable[[], T], stop: threading.Event, bar: _Bar) -> T
         bar.close()
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     cfg.validate()
     feature = cfg.model in FEATURE_MODELS  # one pass over the images: the bar counts backbone batches
-    stop, bar = threading.Event(), _Bar("batch" if feature else "epoch", args.quiet)
+    if args.nproc < 1:
+        raise ConfigError("--nproc must be >= 1")
+    if args.nproc > 1 and not distributed.launched():
+        if feature:
+            raise ConfigError(f"{cfg.model} is fitted in one pass over the images; train it without --nproc")
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    stop, bar = threading.Event(), _Bar("batch" if feature else "epoch", args.quiet or not rank0)
 
     def on_progress(p) -> None:
         if feature:
@@ -130,6 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                          resume=args.resume), stop, bar)
     if run_dir is None:
         return 130
+    if not rank0:  # rank 0 reports and evaluates; the others only scored their shares
+        if not args.no_eval:
+            evaluate_run(run_dir, device=cfg.device)
+        return 0
     hist = read_history(run_dir)
     print(f"run: {run_dir}")
     _print_skipped(run_dir)
@@ -173,6 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         spec = detectors.resolve(run_model(args.run_dir), args.detector)
         detectors.parse_settings(spec, settings)
     m = evaluate_run(args.run_dir, device=args.device, strips=not args.no_strips)
+    if not distributed.is_main():  # under torchrun: this rank scored its share; rank 0 reports
+        return 0
     if extended:
         m = evaluate_with_rule(args.run_dir, m, detector=args.detector, settings=settings, device=args.device,
                                labels=args.labels, **rule)

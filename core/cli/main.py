@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--padim-channels", dest="padim_channels", type=int, help="padim: random channel subset (default 100)")
     t.add_argument("--out", help="run folder (default: <workspace>/runs/<id>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="train data-parallel in N processes on this machine (torchrun's elastic agent; one per GPU, or "
+                        "gloo on CPU); several machines: torchrun --nnodes ... -m core train (see the README)")
     t.add_argument("--no-eval", action="store_true", help="skip scoring the test split after training")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_command("cmd_train"))
@@ -215,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc: the same command under torchrun
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -39,6 +39,7 @@ from core.evaluation.scored import (
 )
 from core.labels.effective import relabel_scored
 from core.runs import METRICS_FILE, SCORES_FILE, load_run
+from core.training import distributed
 from core.viz import heatmap_vmax, result_strip
 from core.workspace import atomic_write_json, atomic_write_text, csv_cell_out
 
@@ -84,6 +85,8 @@ def evaluate_run(run_dir: Path | str, *, device: str = "auto", strips: bool = Tr
     result.update(n_nonbinary_masks=masks.non_binary, data_warnings=(
         [f"{masks.non_binary} of {masks.binary + masks.non_binary} masks are not binary (values between their two "
          f"levels, e.g. {masks.non_binary_files[0][0]}): a pixel counts as defect above 127"] if masks.non_binary else []))
+    if not distributed.is_main():  # under torchrun rank 0 writes the files; the others scored their shares
+        return result
     atomic_write_json(run_dir / METRICS_FILE, result)
     atomic_write_text(run_dir / SCORES_FILE, scores_csv(ss))
     recons = reconstructions(run.model, split.images) if strips and ss.maps is not None else None

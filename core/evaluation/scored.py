@@ -35,6 +35,7 @@ from core.device import resolve_device
 from core.errors import ConfigError
 from core.models.contract import Detector
 from core.runs import BEST_CKPT, CONFIG_FILE, LoadedRun, RunError, load_run, read_json
+from core.training import distributed
 from core.workspace import atomic_write_bytes
 
 SCORED_DIR = "scored"
@@ -508,8 +509,9 @@ def select(index: DatasetIndex, split: LoadedSplit, selection: Sequence[str]) ->
 
 
 def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any], device: str, batch_size: int | None,
-           progress: Callable[[int, int], None] | None, selection: tuple[str, ...] | None = None) -> ScoredSet:
-    dev = resolve_device(device)
+           progress: Callable[[int, int], None] | None, selection: tuple[str, ...] | None = None,
+           ctx: distributed.DistContext | None = None) -> ScoredSet:
+    dev = ctx.device if ctx is not None else resolve_device(device)
     run = load_fnet(run_dir, dev) if "fnet" in spec.models else load_run(run_dir, dev)  # an f-Net is loaded frozen
     det = detectors.build(run, spec.name, settings, dev)
     index, split = load_test_split(run)
@@ -518,7 +520,17 @@ def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any]
     if len(split) == 0:
         raise ConfigError(f"the test split of {run.config.data} has no readable image")
     started = time.perf_counter()
-    scored = score_split(det, split, batch_size=batch_size or spec.batch_size, device=dev, progress=progress)
+    if ctx is None:
+        scored = score_split(det, split, batch_size=batch_size or spec.batch_size, device=dev, progress=progress)
+    else:  # this rank scores its contiguous share; the shares are gathered in rank order (= the split's order)
+        part = ctx.shard(len(split))
+        mine = score_split(det, split.subset(range(part.start, part.stop)), batch_size=batch_size or spec.batch_size,
+                           device=dev, progress=progress if ctx.main else None)
+        pieces = distributed.gather_objects((mine.scores, mine.maps, mine.extras), ctx)
+        maps = [m for _, m, _ in pieces if m is not None and len(m)]
+        extras = {k: np.concatenate([e[k] for _, _, e in pieces if k in e]) for k in pieces[0][2]}
+        scored = Scored(split, np.concatenate([sc for sc, _, _ in pieces]),
+                        np.concatenate(maps) if maps else mine.maps, None, extras)
     seconds = time.perf_counter() - started
     maps = np.clip(scored.maps, -65000, 65000).astype(np.float16) if scored.maps is not None else None
     score_mode = settings.get("score_mode") or (run.config.score_mode if any(s.name == "score_mode" for s in spec.settings)
@@ -625,9 +637,12 @@ def scored_set(
             ss = _load(path, key)
         else:
             ss = None
-        if ss is None:
-            ss = _score(run_dir, spec, full, device, batch_size, progress, selection)
-            _save(path, ss, key)
+        ctx = distributed.setup(resolve_device(device)) if distributed.launched() else None
+        if any(distributed.gather_objects(ss is None, ctx)):  # under torchrun every rank scores its share, or none
+            ss = _score(run_dir, spec, full, device, batch_size, progress, selection, ctx)
+            if ctx is None or ctx.main:
+                _save(path, ss, key)
+            distributed.barrier(ctx)
         with _LOCKS_GUARD:
             _MEMO[mkey] = (key, ss)
         return ss

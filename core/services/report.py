@@ -173,7 +173,11 @@ def _png_uri(img: np.ndarray, jpeg: bool = True) -> str:
 
 
 def _thumb(img: np.ndarray) -> np.ndarray:
+    """At most THUMB px on its long side; small images are enlarged by a whole factor (pixels stay sharp)."""
     h, w = img.shape[:2]
+    if max(h, w) * 2 <= THUMB:
+        k = THUMB // max(h, w)
+        return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
     if max(h, w) <= THUMB:
         return img
     s = THUMB / max(h, w)
@@ -562,7 +566,9 @@ def stored_report(run_dir: Path | str, detector: str, labels: str = "dataset") -
         return None
     if meta.get("point") != _point_key(run_dir, detector):
         return None
-    return {"path": str(path), "bytes": size, "created_utc": meta.get("created_utc")}
+    pdf = path.with_suffix(".pdf")
+    return {"path": str(path), "bytes": size, "created_utc": meta.get("created_utc"),
+            "pdf": str(pdf) if meta.get("pdf") and pdf.is_file() else None, "pdf_note": meta.get("pdf_note")}
 
 
 def report_task(run_dir: Path | str, detector: str, labels: str = "dataset", device: str = "cpu"):
@@ -574,8 +580,15 @@ def report_task(run_dir: Path | str, detector: str, labels: str = "dataset", dev
         path = stored_report_path(run_dir, detector, labels)
         point = _point_key(run_dir, detector)  # the point the report is made for (it may change meanwhile)
         res = write_report(run_dir, path, detector=detector, labels=labels, device=device)
-        meta = {"point": point, "created_utc": res["data"]["created_utc"], "bytes": res["bytes"]}
+        meta = {"point": point, "created_utc": res["data"]["created_utc"], "bytes": res["bytes"], "pdf": False,
+                "pdf_note": None}
+        ctx.update(phase="printing the PDF")
+        try:
+            write_pdf(path, path.with_suffix(".pdf"))
+            meta["pdf"] = True
+        except ConfigError as exc:  # no Chromium on the server: the page says so
+            meta["pdf_note"] = str(exc)
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
-        return {"path": str(path), "bytes": res["bytes"], "created_utc": meta["created_utc"]}
+        return stored_report(run_dir, detector, labels)
 
     return task

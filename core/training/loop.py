@@ -30,6 +30,7 @@ from core.data.report import training_channels
 from core.device import autocast, resolve_device, resolve_precision
 from core.errors import ConfigError
 from core.models import build_model
+from core.training import distributed
 from core.training.common import (
     Objective,
     Progress,
@@ -167,6 +168,11 @@ def fit(
                           "epoch); start a new run instead, so that its model.pt is not overwritten")
     started = time.monotonic()
     device = resolve_device(cfg.device)
+    ctx = distributed.setup(device)  # under torchrun: this rank's place (and its GPU); None for one process
+    if ctx is not None:
+        device = ctx.device
+    main = ctx is None or ctx.main  # rank 0 alone writes the run folder and reports progress
+    progress = progress if main else None
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -175,11 +181,14 @@ def fit(
     channels, channels_note = (cfg.channels, None) if cfg.channels else training_channels(index)
     cfg = replace(cfg, category=index.category, channels=channels)
     model = objective.setup(cfg, index, device).to(device)
+    distributed.broadcast_parameters(model, ctx)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=(device.type == "cuda" and precision == "fp16"))
 
-    run_dir = Path(run_dir) if run_dir else runs.new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else (str(runs.new_run_dir(cfg)) if main else None),
+                                                ctx))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     best_val, best_epoch, start_epoch = math.inf, 0, 1
     if resume:
@@ -192,20 +201,33 @@ def fit(
         best_val = float(state.get("best_val_loss", math.inf))
         best_epoch = int(state.get("best_epoch", 0))
         gen.manual_seed(cfg.seed + start_epoch)
-    runs.write_config(run_dir, cfg, {"device": str(device), "precision": precision, "data_root": str(index.root),
-                                     "channels_note": channels_note, **objective.resolved})
+    if main:
+        runs.write_config(run_dir, cfg, {"device": str(device), "precision": precision, "data_root": str(index.root),
+                                         "channels_note": channels_note, "world_size": ctx.world if ctx else 1,
+                                         **objective.resolved})
 
     def checkpoint(epoch: int, val_loss: float) -> dict[str, Any]:
         return {**runs.checkpoint_payload(cfg, model, epoch=epoch, val_loss=val_loss), **objective.payload_extras()}
 
     def save_last(epoch: int) -> None:
+        if not main:
+            return
         payload = checkpoint(epoch, best_val)
         payload.update(optimizer=opt.state_dict(), best_val_loss=best_val, best_epoch=best_epoch)
         runs.save_checkpoint(run_dir / runs.LAST_CKPT, payload)
 
     batches = objective.n_batches
     status, epoch = "finished", start_epoch - 1
-    runs.write_history(run_dir, "running", history, best_epoch, best_val)
+
+    def write_history(*args: Any, **kw: Any) -> None:
+        if main:
+            runs.write_history(run_dir, *args, **kw)
+
+    def save_best(epoch: int, val_loss: float) -> None:
+        if main:
+            runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch, val_loss))
+
+    write_history("running", history, best_epoch, best_val)
     if progress:
         progress(Progress("start", start_epoch - 1, cfg.epochs, batches=batches, history=list(history), run_dir=str(run_dir)))
     try:
@@ -217,9 +239,14 @@ def fit(
                 if stop is not None and stop.is_set():
                     status = "stopped"
                     break
+                n_global = len(batch[0]) if isinstance(batch, tuple) else len(batch)
+                if ctx is not None:  # this rank's share of the global batch
+                    part = ctx.shard(n_global)
+                    batch = tuple(t[part] for t in batch) if isinstance(batch, tuple) else batch[part]
                 loss, n = objective.loss(model, batch, precision)
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * distributed.loss_weight(n, n_global, ctx)).backward()
+                distributed.all_reduce_gradients(model, ctx)
                 scaler.step(opt)
                 scaler.update()
                 total += loss.detach().float() * n
@@ -229,6 +256,9 @@ def fit(
             if status == "stopped":
                 epoch -= 1
                 break
+            distributed.average_buffers(model, ctx)  # BatchNorm statistics: the mean over the ranks
+            total = distributed.all_sum(total, ctx)
+            seen = int(distributed.all_sum(torch.tensor(seen, device=device), ctx))
             train_loss = float(total) / max(1, seen)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); try a lower learning rate")
@@ -237,11 +267,11 @@ def fit(
                 val_loss = train_loss
             if val_loss < best_val:
                 best_val, best_epoch = val_loss, epoch
-                runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(epoch, val_loss))
+                save_best(epoch, val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extras,
                             "seconds": time.monotonic() - t0})
             save_last(epoch)  # atomically, every epoch: a kill loses at most the epoch in progress
-            runs.write_history(run_dir, "running", history, best_epoch, best_val)
+            write_history("running", history, best_epoch, best_val)
             elapsed = time.monotonic() - started
             per_epoch = elapsed / max(1, epoch - start_epoch + 1)
             eta = per_epoch * (cfg.epochs - epoch)
@@ -250,19 +280,20 @@ def fit(
             if progress:
                 progress(Progress("epoch", epoch, cfg.epochs, batches, batches, train_loss, val_loss, best_val, elapsed,
                                   eta, objective.preview(model, precision), list(history)))
-            ended = stop_reason(cfg, epoch, best_epoch, elapsed)
+            ended = distributed.broadcast_object(stop_reason(cfg, epoch, best_epoch, elapsed), ctx)  # one decision
             if ended:
                 status = ended
                 break
     except BaseException as exc:
-        runs.write_history(run_dir, "failed", history, best_epoch, best_val, error=f"{type(exc).__name__}: {exc}")
+        write_history("failed", history, best_epoch, best_val, error=f"{type(exc).__name__}: {exc}")
         raise
     if best_epoch == 0:  # stopped before the first epoch ended: keep the current weights as "best"
         best_val = float("nan")
         objective.before_unimproved_save(model)
-        runs.save_checkpoint(run_dir / runs.BEST_CKPT, checkpoint(max(epoch, 0), best_val))
+        save_best(max(epoch, 0), best_val)
     save_last(max(epoch, 0))
-    runs.write_history(run_dir, status, history, best_epoch, best_val)
+    write_history(status, history, best_epoch, best_val)
+    distributed.barrier(ctx)  # the other ranks return once rank 0 has written the run
     if progress:
         progress(Progress("done", epoch, cfg.epochs, batches, batches, best_val_loss=best_val,
                           seconds=time.monotonic() - started, history=list(history), message=status))

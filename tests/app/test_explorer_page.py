@@ -256,6 +256,12 @@ def test_threshold_page_makes_the_report_and_importing_it_restores_the_decision(
     assert made is not None
     download = next(d for d in at.get("download_button") if d.proto.label.startswith("Download report"))
     assert f"({made['bytes'] / 1e6:.1f} MB)" in download.proto.label
+    from core.services.report import chromium_path
+    labels = [d.proto.label for d in at.get("download_button")]
+    if chromium_path() is not None:  # CI installs Chromium: the page offers the PDF too
+        assert "Download as PDF" in labels and Path(made["pdf"]).read_bytes()[:5] == b"%PDF-"
+    else:
+        assert "Download as PDF" not in labels and any("No PDF on this server" in c.value for c in at.caption)
     doc = Path(made["path"]).read_bytes()
 
     at2 = _open(a.name)

@@ -53,7 +53,7 @@ def test_label_export_is_safe_and_imports_back_unchanged(tmp_path: Path) -> None
     out = tmp_path / "labels.csv"
     out.write_text(text, encoding="utf-8")
     other = LabelStore(tmp_path / "b.sqlite")
-    other.import_rows(read_label_file(out))
+    other.import_rows(read_label_file(out), check_paths=False)  # "ds" names no folder: only the cells matter here
     assert [r.note for r in other.all_labels()] == [r.note for r in store.all_labels()] == HOSTILE
 
 

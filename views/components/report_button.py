@@ -67,6 +67,12 @@ def draw(run_dir: Path, detector: str, labels: str, key: str) -> None:
         st.download_button(f"Download report ({made['bytes'] / 1e6:.1f} MB)", data,
                            file_name=f"report-{run_dir.name}-{detector}.html", mime="text/html", key=f"{key}_download",
                            icon=":material/download:", width="stretch")
+        if made.get("pdf"):
+            st.download_button("Download as PDF", Path(made["pdf"]).read_bytes(), file_name=f"report-{run_dir.name}-"
+                               f"{detector}.pdf", mime="application/pdf", key=f"{key}_pdf", icon=":material/picture_as_pdf:",
+                               width="stretch")
+        elif made.get("pdf_note"):
+            st.caption(f"No PDF on this server: {made['pdf_note']}.")
         st.caption(f"Made {made['created_utc'].replace('T', ' ').replace('Z', ' UTC')} for the saved operating point "
                    "(`python -m core report` makes the same file).")
 
