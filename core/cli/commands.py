@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from core.cli import bench
+from core.cli.bench_app import bench_app_load
 from core.config import FEATURE_MODELS, AnoUnetConfig, ProjectionConfig, TrainConfig
 from core.data.builtin import all_datasets, open_dataset
 from core.data.report import data_report
@@ -331,6 +332,9 @@ def cmd_anounet(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "app-load":
+        print(json.dumps(bench_app_load(args.sessions, args.rounds, args.timeout), indent=None if args.json else 2))
+        return 0
     epochs = args.epochs if args.epochs is not None else {"anounet": 30, "detectors": 0}.get(args.what, 2)
     result = bench.run(args.what, data=args.data, category=args.category, size=args.size, epochs=epochs,
                        batch_size=args.batch_size, quality_epochs=args.quality_epochs, steps=args.steps,

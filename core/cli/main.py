@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_command("cmd_anounet"))
 
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")
-    b.add_argument("what", choices=["train", "project", "anounet", "threshold", "patchcore", "detectors"])
+    b.add_argument("what", choices=["train", "project", "anounet", "threshold", "patchcore", "detectors", "app-load"])
     b.add_argument("--data", default="builtin:synthetic")
     b.add_argument("--category")
     b.add_argument("--size", type=int, default=128)
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8, help="anounet: K images optimized at once")
     b.add_argument("--fnet", help="anounet: an f-Net run (default an untrained f-Net: timing does not depend on weights)")
     b.add_argument("--coreset-ratio", dest="coreset_ratio", type=float, default=0.01, help="patchcore: coreset ratio")
+    b.add_argument("--sessions", type=int, default=8, help="app-load: concurrent browser sessions (at most 16)")
+    b.add_argument("--rounds", type=int, default=2, help="app-load: page loads per session and phase")
+    b.add_argument("--timeout", type=float, default=120.0, help="app-load: seconds a page load may take")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_command("cmd_bench"))
 
