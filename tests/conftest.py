@@ -9,6 +9,9 @@ import pytest
 
 # .streamlit/config.toml hides error details from users; tests want to read them.
 os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
+# Heavy jobs share slots (one per 2 cores in production); AppTests share one registry per process, and a job one
+# test leaves running must not queue the next test's. tests/core/test_jobs.py tests the queue on its own registries.
+os.environ.setdefault("ANOMALYLAB_HEAVY_JOBS", "8")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_small"
 

@@ -4,11 +4,16 @@ A :class:`JobRegistry` owns the jobs of a process, keyed by id. A job runs a pla
 a :class:`JobContext` (to report progress and to see the stop request). Readers only ever get
 :meth:`Job.snapshot` copies, so a UI thread never sees a half-updated state. Nothing here knows
 about streamlit: the app keeps one registry per server process (``st.cache_resource``).
+
+Heavy jobs (:data:`HEAVY_KINDS`) share a bounded number of slots (:func:`heavy_slots`: one per two CPU cores,
+one per GPU, or ``$ANOMALYLAB_HEAVY_JOBS``); the others wait in a first-come queue with status ``queued``
+(their snapshot says the position) and can be cancelled there (``request_stop``: they never start).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 import traceback
@@ -17,9 +22,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from core.errors import ConfigError
 
-RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
+RUNNING, FINISHED, STOPPED, FAILED, QUEUED = "running", "finished", "stopped", "failed", "queued"
+HEAVY_KINDS = frozenset({"train", "projection", "anounet", "scoring", "report"})  # they use every core they get
+ENV_HEAVY_JOBS = "ANOMALYLAB_HEAVY_JOBS"
+
+
+def heavy_slots() -> int:
+    """How many heavy jobs run at once: ``$ANOMALYLAB_HEAVY_JOBS``, else one per GPU, else one per 2 CPU cores."""
+    try:
+        env = int(os.environ.get(ENV_HEAVY_JOBS, "0"))
+    except ValueError:
+        env = 0
+    if env > 0:
+        return env
+    if torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 @dataclass
@@ -36,11 +58,18 @@ class JobSnapshot:
     result: Any = None
     error: str | None = None
     stop_requested: bool = False
+    queue_position: int | None = None  # 1 = next to start; None when not queued
+    queue_ahead_running: int = 0  # heavy jobs running while this one waits
 
     @property
     def running(self) -> bool:
-        """True while the worker has not returned."""
-        return self.status == RUNNING
+        """True while the worker has not returned (queued jobs included: they will run)."""
+        return self.status in (RUNNING, QUEUED)
+
+    @property
+    def queued(self) -> bool:
+        """True while the job waits for a free slot."""
+        return self.status == QUEUED
 
     @property
     def seconds(self) -> float:
@@ -65,6 +94,41 @@ class JobContext:
             self._job.state.update(state)
 
 
+class _Slots:
+    """A bounded number of slots for heavy jobs, given out first come, first served."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.active = max(1, int(n)), 0
+        self.queue: list[str] = []
+        self.cv = threading.Condition()
+
+    def acquire(self, job: Job) -> bool:
+        """Wait for a slot (False when the job was cancelled while it waited)."""
+        with self.cv:
+            self.queue.append(job.id)
+            while True:
+                if job.stop_event.is_set():
+                    self.queue.remove(job.id)
+                    self.cv.notify_all()
+                    return False
+                if self.queue[0] == job.id and self.active < self.n:
+                    self.queue.pop(0)
+                    self.active += 1
+                    self.cv.notify_all()
+                    return True
+                self.cv.wait(0.25)
+
+    def release(self) -> None:
+        with self.cv:
+            self.active -= 1
+            self.cv.notify_all()
+
+    def position(self, job_id: str) -> tuple[int | None, int]:
+        """(1-based place in the queue or None, heavy jobs running now)."""
+        with self.cv:
+            return (self.queue.index(job_id) + 1 if job_id in self.queue else None), self.active
+
+
 @dataclass
 class Job:
     """One background job. Use :meth:`snapshot` to read it."""
@@ -82,9 +146,19 @@ class Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    slots: _Slots | None = None  # heavy jobs wait here for their turn
 
     def _run(self) -> None:
+        holds = False
         try:
+            if self.slots is not None:
+                holds = self.slots.acquire(self)
+                if not holds:  # cancelled in the queue: it never started
+                    with self.lock:
+                        self.status = STOPPED
+                    return
+                with self.lock:
+                    self.status, self.started = RUNNING, time.time()
             result = self.fn(JobContext(self))
             with self.lock:
                 self.result = result
@@ -97,12 +171,16 @@ class Job:
         finally:
             with self.lock:
                 self.ended = time.time()
+            if holds:
+                self.slots.release()
 
     def snapshot(self) -> JobSnapshot:
         """A deep copy of the job's state, safe to read while the job runs."""
+        where, active = self.slots.position(self.id) if self.slots is not None else (None, 0)
         with self.lock:
             return JobSnapshot(self.id, self.kind, self.title, self.status, self.started, self.ended,
-                               copy.deepcopy(self.state), self.result, self.error, self.stop_event.is_set())
+                               copy.deepcopy(self.state), self.result, self.error, self.stop_event.is_set(),
+                               where if self.status == QUEUED else None, active)
 
     def request_stop(self) -> None:
         """Ask the job to stop (cooperative)."""
@@ -118,16 +196,22 @@ class Job:
 def _reusable(job: Job) -> bool:
     """A job worth following instead of starting again: running, or finished with its result in memory."""
     with job.lock:
-        return job.status == RUNNING or (job.status == FINISHED and job.result is not None)
+        return job.status in (RUNNING, QUEUED) or (job.status == FINISHED and job.result is not None)
 
 
 class JobRegistry:
     """Thread-safe map of job id -> :class:`Job` for one process."""
 
-    def __init__(self, max_finished: int = 50) -> None:
+    def __init__(self, max_finished: int = 50, heavy: int | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._max_finished = max_finished
+        self.slots = _Slots(heavy_slots() if heavy is None else heavy)
+
+    def _new(self, job_id: str, kind: str, title: str, fn: Callable[[JobContext], Any], state: dict[str, Any]) -> Job:
+        heavy = kind in HEAVY_KINDS
+        return Job(job_id, kind, title, fn, state=dict(state), status=QUEUED if heavy else RUNNING,
+                   slots=self.slots if heavy else None)
 
     def start(self, kind: str, title: str, fn: Callable[[JobContext], Any], job_id: str | None = None, **state: Any) -> Job:
         """Start ``fn`` in a daemon thread and register it.
@@ -138,9 +222,9 @@ class JobRegistry:
         job_id = job_id or f"{kind}-{uuid.uuid4().hex[:8]}"
         with self._lock:
             old = self._jobs.get(job_id)
-            if old is not None and old.status == RUNNING:
+            if old is not None and old.status in (RUNNING, QUEUED):
                 raise ConfigError(f"job {job_id} is already running")
-            job = Job(job_id, kind, title, fn, state=dict(state))
+            job = self._new(job_id, kind, title, fn, state)
             self._jobs[job_id] = job
             self._prune()
         job.thread = threading.Thread(target=job._run, name=f"job-{job_id}", daemon=True)
@@ -156,12 +240,33 @@ class JobRegistry:
             old = self._jobs.get(job_id)
             if old is not None and _reusable(old):
                 return old, False
-            job = Job(job_id, kind, title, fn, state=dict(state))
+            job = self._new(job_id, kind, title, fn, state)
             self._jobs[job_id] = job
             self._prune()
             job.thread = threading.Thread(target=job._run, name=f"job-{job_id}", daemon=True)
             job.thread.start()
         return job, True
+
+    def queue_info(self, job_id: str) -> dict[str, Any] | None:
+        """Where a queued job stands: ``position`` (1 = next), ``running`` heavy jobs, ``slots``, and
+        ``expected_start_s`` (seconds, from the running jobs' published ETAs; None when one is not known)."""
+        job = self.get(job_id)
+        if job is None or job.slots is None:
+            return None
+        position, running = job.slots.position(job_id)
+        if position is None:
+            return None
+        with self._lock:
+            active = [j for j in self._jobs.values() if j.slots is job.slots and j.status == RUNNING]
+        etas = []
+        for j in active:
+            with j.lock:
+                eta = j.state.get("eta_seconds")
+            etas.append(float(eta) if isinstance(eta, (int, float)) else None)
+        expected = None
+        if etas and all(e is not None for e in etas) and position <= len(etas):
+            expected = sorted(etas)[position - 1]  # the position-th running job to end frees its slot
+        return {"position": position, "running": running, "slots": job.slots.n, "expected_start_s": expected}
 
     def forget_results(self, kind: str, keep: int) -> None:
         """Drop the results of all but the newest ``keep`` finished jobs of ``kind`` (their state stays)."""
@@ -170,14 +275,14 @@ class JobRegistry:
         done = 0
         for job in jobs:
             with job.lock:
-                if job.status == RUNNING or job.result is None:
+                if job.status in (RUNNING, QUEUED) or job.result is None:
                     continue
                 done += 1
                 if done > keep:
                     job.result = None
 
     def _prune(self) -> None:
-        done = sorted((j for j in self._jobs.values() if j.status != RUNNING), key=lambda j: j.started)
+        done = sorted((j for j in self._jobs.values() if j.status not in (RUNNING, QUEUED)), key=lambda j: j.started)
         for j in done[: max(0, len(done) - self._max_finished)]:
             del self._jobs[j.id]
 

@@ -84,3 +84,34 @@ def test_custom_folder_inside_allowed_roots_is_used(tmp_path: Path, monkeypatch:
     at.sidebar.text_input(key=ui.KEY_CUSTOM_PATH).input(str(root)).run()
     assert not at.exception and not at.sidebar.error
     assert at.sidebar.selectbox(key=ui.KEY_CATEGORY).value == "parts"
+
+
+def test_train_page_shows_a_queued_job_with_its_place_and_cancels_it() -> None:
+    """Issue 16: heavy jobs beyond the free slots wait in a queue; every page that starts one shows the place in
+    line and the expected start, and Cancel takes it out (it never starts)."""
+    import threading
+
+    from views.components import ui
+
+    registry = ui.job_registry()
+    release, ran = threading.Event(), []
+
+    def blocker(ctx) -> None:
+        ctx.update(eta_seconds=600.0, epochs=5, epoch=1)
+        release.wait(60)
+
+    busy = [registry.start("train", f"blocker {i}", blocker) for i in range(registry.slots.n)]
+    waiting = registry.start("train", "the queued one", lambda ctx: ran.append(1))
+    try:
+        at = _app()
+        at.switch_page("views/train.py").run()
+        assert not at.exception, at.exception
+        queued = [i.value for i in at.info if "the queued one" in i.value]
+        assert queued and "is queued: number 1 in line" in queued[0] and "about 10 min" in queued[0]
+        at.button(key=f"train-cancel-{waiting.id}").click().run()
+        assert not at.exception, at.exception
+        assert waiting.join(5) and waiting.snapshot().status == "stopped" and ran == []
+    finally:
+        release.set()
+        for job in busy:
+            job.join(10)

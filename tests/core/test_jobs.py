@@ -166,3 +166,56 @@ def test_concurrent_training_jobs_do_not_clobber(tmp_path: Path) -> None:
 
     for c in cfgs:
         assert json.loads((tmp_path / c.category / "config.json").read_text())["config"]["category"] == c.category
+
+
+# ------------------------------------------------------------------------------- the queue of heavy jobs (#16)
+def _blocking(release: threading.Event, ran: list[str], name: str, eta: float | None = None):
+    def fn(ctx):
+        ran.append(name)
+        if eta is not None:
+            ctx.update(eta_seconds=eta)
+        release.wait(30)
+        return name
+
+    return fn
+
+
+def test_heavy_jobs_wait_in_a_first_come_queue_and_can_be_cancelled_there() -> None:
+    reg = JobRegistry(heavy=1)
+    go_a, go_b, go_c = threading.Event(), threading.Event(), threading.Event()
+    ran: list[str] = []
+    a = reg.start("train", "A", _blocking(go_a, ran, "A", eta=42.0))
+    deadline = time.monotonic() + 10
+    while a.snapshot().queued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    b = reg.start("projection", "B", _blocking(go_b, ran, "B"))
+    c = reg.start("report", "C", _blocking(go_c, ran, "C"))
+    light = reg.start("dataset-check", "light", lambda ctx: "done")  # not heavy: never queued
+    assert light.join(10) and light.snapshot().status == "finished"
+    time.sleep(0.3)
+    sa, sb, sc = a.snapshot(), b.snapshot(), c.snapshot()
+    assert sa.status == "running" and sb.queued and sc.queued and sb.running  # queued jobs count as in progress
+    assert (sb.queue_position, sc.queue_position) == (1, 2) and sb.queue_ahead_running == 1
+    info = reg.queue_info(b.id)
+    assert info == {"position": 1, "running": 1, "slots": 1, "expected_start_s": 42.0}
+    assert reg.queue_info(c.id)["expected_start_s"] is None  # more places ahead than running jobs with an ETA
+    c.request_stop()  # cancelled while it waits: it never starts
+    assert c.join(5) and c.snapshot().status == "stopped" and "C" not in ran
+    assert b.snapshot().queue_position == 1
+    go_a.set()
+    assert a.join(5)
+    deadline = time.monotonic() + 5
+    while b.snapshot().queued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.snapshot().status == "running" and ran == ["A", "B"]
+    go_b.set()
+    assert b.join(5) and b.snapshot().result == "B"
+
+
+def test_heavy_slots_follow_the_environment(monkeypatch) -> None:
+    from core.services.jobs import heavy_slots
+
+    monkeypatch.setenv("ANOMALYLAB_HEAVY_JOBS", "3")
+    assert heavy_slots() == 3 and JobRegistry().slots.n == 3
+    monkeypatch.setenv("ANOMALYLAB_HEAVY_JOBS", "")
+    assert heavy_slots() >= 1

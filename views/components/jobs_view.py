@@ -66,7 +66,9 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
     with st.container(border=True):
         head, action = st.columns([5, 1])
         head.markdown(f"**{snap.title}** · `{snap.id}`")
-        if snap.running:
+        if snap.queued:
+            ui.draw_queued(snap, "train")
+        elif snap.running:
             if show_stop and action.button("Stop", key=f"stop-{snap.id}", icon=":material/stop_circle:",
                                            disabled=snap.stop_requested,
                                            help="Stop after the current batch; the best checkpoint so far is kept."):

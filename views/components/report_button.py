@@ -42,6 +42,9 @@ def draw(run_dir: Path, detector: str, labels: str, key: str) -> None:
         if snap is not None and snap.running:
             if not polling:  # started by the button inside this fragment: rerun the page so that it polls
                 st.rerun()
+            if snap.queued:
+                ui.draw_queued(snap, key)
+                return
             st.button("Making the report…", disabled=True, key=f"{key}_busy", icon=":material/hourglass_top:",
                       width="stretch")
             st.caption("Scoring, bootstrap intervals and thumbnails: seconds to a minute.")

@@ -421,6 +421,22 @@ def decode_uploads(files: list, size: int, channels: int, limit: int) -> list[Up
     return out
 
 
+def draw_queued(snap: JobSnapshot, key: str) -> None:
+    """A heavy job waiting for its turn: its place, what runs, the expected start, and Cancel."""
+    info = job_registry().queue_info(snap.id) or {}
+    when = (f" It should start in about {info['expected_start_s'] / 60:.0f} min." if info.get("expected_start_s") is not None
+            else " It starts when one of them ends.")
+    st.info(f"**{snap.title}** is queued: number {info.get('position', '?')} in line; {info.get('running', '?')} of "
+            f"{info.get('slots', '?')} heavy job slots are busy (training, projection, Ano-Unet, scoring, reports "
+            f"share them, across every session).{when}", icon=":material/hourglass_empty:")
+    if st.button("Cancel", key=f"{key}-cancel-{snap.id}", icon=":material/cancel:", disabled=snap.stop_requested,
+                 help="Take it out of the queue: it never starts."):
+        job = job_registry().get(snap.id)
+        if job is not None:
+            job.request_stop()
+        st.rerun(scope="app")
+
+
 def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float = 1.0) -> None:
     """Redraw a background job every ``every`` seconds with ``draw(job, snapshot)`` while it runs (a
     fragment: the rest of the page stays put); one full rerun when it ends, so the page shows the result.
@@ -435,6 +451,9 @@ def live_job(job_id: str, draw: Callable[[Job, JobSnapshot], None], every: float
         snap = job.snapshot()
         if not snap.running:
             st.rerun(scope="app")
+        if snap.queued:
+            draw_queued(snap, "live")
+            return
         draw(job, snap)
 
     _live()
