@@ -90,7 +90,9 @@ def load_scored(run_dir: Path, detector: str) -> ScoredSet | None:
 def _scoring_job(run_dir: Path, detector: str) -> None:
     registry, job_id, what = ui.job_registry(), f"scoring-{run_dir.name}-{detector}", detector_title(detector)
     job = registry.get(job_id)
-    if job is None or (not job.snapshot().running and job.snapshot().status != "finished"):
+    cancelled = job is not None and job.snapshot().state.get("cancelled_in_queue")  # a rerun does not undo a cancel
+    if job is None or (not job.snapshot().running and job.snapshot().status != "finished" and not cancelled) or \
+            (cancelled and st.button(f"Score {run_dir.name} ({what}) after all", key=f"rescore-{job_id}")):
         try:
             registry.start("scoring", f"{what} scores · {run_dir.name}", scoring_task(run_dir, detector), job_id=job_id,
                            done=0, total=0)
@@ -106,6 +108,8 @@ def _scoring_job(run_dir: Path, detector: str) -> None:
     snap = registry.get(job_id).snapshot()
     if snap.status == "failed":
         st.error(f"Scoring {run_dir.name} ({what}) failed: {snap.error}")
+    elif snap.state.get("cancelled_in_queue"):
+        st.info(f"Scoring {run_dir.name} ({what}) was cancelled while it waited in the queue.")
     elif snap.running:
         ui.live_job(job_id, draw)
 
@@ -188,9 +192,7 @@ def main() -> None:
     draw_pixel_level(ss, view)
     draw_record(ss, curves, t)
     save_if_changed(run.path, detector, sel.label_source)
-    st.subheader("Review report")  # after the save: the report is made for the operating point shown
-    with st.columns([2, 3])[0]:
-        report_button.draw(run.path, detector, sel.label_source, key="thr_report")
+    report_button.draw(run.path, detector, sel.label_source, key="thr_report", heading="Review report")  # after the save
     ui.url_write(**{ui.URL_DETECTOR: detector, ui.URL_THRESHOLD: repr(float(t))})
 
 

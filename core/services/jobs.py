@@ -156,6 +156,7 @@ class Job:
                 if not holds:  # cancelled in the queue: it never started
                     with self.lock:
                         self.status = STOPPED
+                        self.state["cancelled_in_queue"] = True
                     return
                 with self.lock:
                     self.status, self.started = RUNNING, time.time()

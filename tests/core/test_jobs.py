@@ -201,6 +201,7 @@ def test_heavy_jobs_wait_in_a_first_come_queue_and_can_be_cancelled_there() -> N
     assert reg.queue_info(c.id)["expected_start_s"] is None  # more places ahead than running jobs with an ETA
     c.request_stop()  # cancelled while it waits: it never starts
     assert c.join(5) and c.snapshot().status == "stopped" and "C" not in ran
+    assert c.snapshot().state["cancelled_in_queue"] and c.snapshot().queue_position is None
     assert b.snapshot().queue_position == 1
     go_a.set()
     assert a.join(5)

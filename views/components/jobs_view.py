@@ -93,6 +93,8 @@ def draw_job(snap: JobSnapshot, *, show_stop: bool = True) -> None:
             st.progress(frac, text=text)
         elif snap.status == "failed":
             st.error(f"Training failed: {snap.error}")
+        elif s.get("cancelled_in_queue"):
+            st.info("Cancelled while it waited in the queue: it never started.", icon=":material/cancel:")
         else:
             result = snap.result or {}
             m = result.get("metrics") or {}

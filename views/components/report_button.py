@@ -30,9 +30,15 @@ def _start(run_dir: Path, detector: str, labels: str) -> None:
         pass  # another session started the same report a moment ago
 
 
-def draw(run_dir: Path, detector: str, labels: str, key: str) -> None:
-    """"Make report" (a background job), then "Download report" with its size; polls while the job runs."""
+def draw(run_dir: Path, detector: str, labels: str, key: str, heading: str | None = None) -> None:
+    """"Make report" (a background job), then "Download report" with its size; polls while the job runs. With
+    ``heading``: under that subheader, in a column of 2/5 of the width (else in the caller's column)."""
     run_dir = Path(run_dir)
+    if heading:
+        st.subheader(heading)
+        with st.columns([2, 3])[0]:
+            draw(run_dir, detector, labels, key)
+        return
     polling = _running(run_dir, detector, labels)
 
     @st.fragment(run_every=1.0 if polling else None)

@@ -493,6 +493,8 @@ def draw_job_state(snap: JobSnapshot, what: str, again: str, progress: Callable[
         progress(snap.id)
     elif snap.status == "failed":
         st.error(f"{what} failed: {snap.error}", icon=":material/error:")
+    elif snap.state.get("cancelled_in_queue"):
+        st.info(f"{what} was cancelled while it waited in the queue: it never started.", icon=":material/cancel:")
     elif snap.result is None:
         st.info(f"This result is no longer in memory: {again}", icon=":material/history:")
     else:
