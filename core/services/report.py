@@ -123,7 +123,11 @@ def _warnings(decision: dict[str, Any], ss: ScoredSet, labels: str, disagreement
     if decision.get("operating_point", {}).get("note_on_rule"):
         out.append(decision["operating_point"]["note_on_rule"])
     n, pos, neg = ss.n_defective + ss.n_good, ss.n_defective, ss.n_good
-    if n < FEW_IMAGES or pos < FEW_PER_CLASS or neg < FEW_PER_CLASS:
+    if pos == 0 or neg == 0:
+        missing = " or ".join(w for w, k in (("defective", pos), ("good", neg)) if k == 0)
+        out.append(f"No {missing} test image has a label here (labels: {labels}): the metrics and the decision cannot "
+                   "be judged; label images on the Label page or use the dataset's labels.")
+    elif n < FEW_IMAGES or pos < FEW_PER_CLASS or neg < FEW_PER_CLASS:
         out.append(f"Few test images ({pos} defective, {neg} good): one image more or less moves the detection "
                    f"rate by {100 / max(1, pos):.0f} and the false-alarm rate by {100 / max(1, neg):.0f} percentage "
                    "points; read the intervals below.")

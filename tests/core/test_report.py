@@ -148,3 +148,13 @@ def test_delong_paired_test() -> None:
         diffs.append(metrics.image_auroc(good[i], y[i]) - metrics.image_auroc(noise[i], y[i]))
     assert far["se"] == pytest.approx(float(np.std(diffs)), rel=0.35)
     assert delong_paired(good, noise, np.zeros(60, int)) is None
+
+
+def test_a_report_without_labeled_images_says_the_decision_cannot_be_judged(
+        runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    run, _ = runs
+    monkeypatch.setenv("ANOMALYLAB_HOME", str(tmp_path / "ws"))  # an empty label store: "mine" labels nothing
+    assert main(["report", str(run), "--out", str(tmp_path / "mine.html"), "--labels", "mine", "--boot", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "No defective or good test image has a label here (labels: mine)" in err
+    assert "cannot be judged" in (tmp_path / "mine.html").read_text(encoding="utf-8")
