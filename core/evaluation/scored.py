@@ -508,11 +508,16 @@ def select(index: DatasetIndex, split: LoadedSplit, selection: Sequence[str]) ->
     return split.subset([where[p] for p in selection])
 
 
+def load_for(run_dir: Path | str, spec: detectors.DetectorSpec, device: torch.device) -> LoadedRun:
+    """The run loaded as ``spec``'s detector needs it (an f-Net frozen, for the distance and Ano-Unet)."""
+    return load_fnet(run_dir, device) if "fnet" in spec.models else load_run(run_dir, device)
+
+
 def _score(run_dir: Path, spec: detectors.DetectorSpec, settings: dict[str, Any], device: str, batch_size: int | None,
            progress: Callable[[int, int], None] | None, selection: tuple[str, ...] | None = None,
            ctx: distributed.DistContext | None = None) -> ScoredSet:
     dev = ctx.device if ctx is not None else resolve_device(device)
-    run = load_fnet(run_dir, dev) if "fnet" in spec.models else load_run(run_dir, dev)  # an f-Net is loaded frozen
+    run = load_for(run_dir, spec, dev)
     det = detectors.build(run, spec.name, settings, dev)
     index, split = load_test_split(run)
     if selection is not None:

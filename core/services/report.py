@@ -37,6 +37,7 @@ except ImportError:  # optional: only the PDF needs it
 from core.data.builtin import open_dataset
 from core.data.report import data_report
 from core.detectors import registry as detectors
+from core.device import module_device, resolve_device
 from core.errors import ConfigError
 from core.evaluation.bootstrap import delong_paired, metric_intervals
 from core.evaluation.curves import curves_for, false_negatives, false_positives, summary
@@ -47,10 +48,11 @@ from core.evaluation.operating import (
     point_or_default,
     rule_title,
 )
-from core.evaluation.record import RECORD_SCRIPT_ID, decision_record
-from core.evaluation.scored import ScoredSet, load_test_split, scored_set
+from core.evaluation.record import RECORD_SCRIPT_ID
+from core.evaluation.scored import ScoredSet, load_for, load_test_split, scored_set
 from core.labels.effective import relabel_scored
-from core.runs import BEST_CKPT, CONFIG_FILE, load_run, read_history
+from core.runs import BEST_CKPT, CONFIG_FILE, LoadedRun, read_history
+from core.services.threshold import record_for
 from core.viz import heatmap, heatmap_vmax, mask_contour, overlay, strip
 from core.workspace import atomic_write_text
 
@@ -79,8 +81,7 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _model_section(run_dir: Path, ss: ScoredSet) -> dict[str, Any]:
-    run = load_run(run_dir, torch.device("cpu"))
+def _model_section(run_dir: Path, run: LoadedRun, ss: ScoredSet) -> dict[str, Any]:
     hist = read_history(run_dir)
     epochs = hist.get("epochs") or []
     try:
@@ -166,14 +167,10 @@ def _compare(run_dir: Path, ss: ScoredSet, compare: list[str], labels: str, devi
     return out
 
 
-def _png_uri(img: np.ndarray, jpeg: bool = True) -> str:
+def _jpeg_uri(img: np.ndarray) -> str:
     buf = io.BytesIO()
-    im = Image.fromarray(img)
-    if jpeg:
-        im.convert("RGB").save(buf, format="JPEG", quality=85)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    Image.fromarray(img).convert("RGB").save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _thumb(img: np.ndarray) -> np.ndarray:
@@ -202,11 +199,10 @@ def _tile(ss: ScoredSet, split, where: dict[str, int], i: int, vmax: float) -> d
     if ss.maps is not None:
         panels.append(overlay(img, heatmap(ss.maps[i].astype(np.float32), 0.0, vmax)))
     return {"path": ss.paths[i], "defect": ss.defects[i], "score": float(ss.scores[i]),
-            "image": _png_uri(strip([_thumb(p) for p in panels], gap=3))}
+            "image": _jpeg_uri(strip([_thumb(p) for p in panels], gap=3))}
 
 
-def _galleries(run_dir: Path, ss: ScoredSet, threshold: float, device: str) -> dict[str, Any]:
-    run = load_run(run_dir, torch.device("cpu"))
+def _galleries(run: LoadedRun, ss: ScoredSet, threshold: float) -> dict[str, Any]:
     index, split = load_test_split(run)
     where = {s.relpath(Path(index.root)): k for k, s in enumerate(split.samples)}  # scored path -> loaded image
     c = curves_for(ss)
@@ -221,22 +217,21 @@ def _galleries(run_dir: Path, ss: ScoredSet, threshold: float, device: str) -> d
         "top_detections": [_tile(ss, split, where, i, vmax) for i in top], "heatmap_vmax": float(vmax), "views": [],
     }
     if ss.detector in VIEW_DETECTORS:
-        out["views"] = _detector_views(run_dir, ss, split, where, device)
+        out["views"] = _detector_views(run, ss, split, where)
     return out
 
 
-def _detector_views(run_dir: Path, ss: ScoredSet, split, where: dict[str, int], device: str) -> list[dict[str, Any]]:
+def _detector_views(run: LoadedRun, ss: ScoredSet, split, where: dict[str, int]) -> list[dict[str, Any]]:
     """[input | result | map] of the highest-scored defective images and the lowest-scored good one."""
-    dev = torch.device(device if device != "auto" else "cpu")
     spec = detectors.get(ss.detector)
-    from_run = load_run(run_dir, dev)
-    det = detectors.build(from_run, spec.name, detectors.parse_settings(spec, ss.meta.get("settings") or {}), dev)
+    dev = module_device(run.model)
+    det = detectors.build(run, spec.name, detectors.parse_settings(spec, ss.meta.get("settings") or {}), dev)
     pos = np.flatnonzero(ss.known & (ss.labels == 1))
     neg = np.flatnonzero(ss.known & (ss.labels == 0))
     chosen = list(pos[np.argsort(-ss.scores[pos])][: N_VIEWS - 1]) + list(neg[np.argsort(ss.scores[neg])][:1])
     ks = [where[ss.paths[i]] for i in chosen]
     x = split.images[ks].float().div(255.0).to(dev)
-    with torch.no_grad() if ss.detector != "projection" else torch.enable_grad():
+    with torch.no_grad():  # as score_split: the projection and Ano-Unet turn gradients on where they need them
         pred = det.predict(x)
     views = []
     maps = pred.anomaly_map.float().cpu().numpy()
@@ -248,7 +243,7 @@ def _detector_views(run_dir: Path, ss: ScoredSet, split, where: dict[str, int], 
             panels.append(_rgb(rec))
         panels.append(heatmap(maps[j], 0.0, vmax))
         views.append({"path": ss.paths[i], "defect": ss.defects[i], "score": float(ss.scores[i]),
-                      "image": _png_uri(strip([_thumb(p) for p in panels], gap=3))})
+                      "image": _jpeg_uri(strip([_thumb(p) for p in panels], gap=3))})
     return views
 
 
@@ -272,10 +267,8 @@ def report_data(run_dir: Path | str, *, detector: str = "auto", compare: list[st
     point = point_or_default(run_dir, ss.detector)
     threshold = float(decision["threshold"])
     px_t = pixel_operating_threshold(run_dir, ss)
-    record = decision_record(ss, threshold, curves=c, rule=point.rule,
-                             target_fpr=point.target_fpr if point.rule == "fpr" else None,
-                             target_tpr=point.target_tpr if point.rule == "tpr" else None,
-                             costs=point.costs, pixel_threshold=px_t, note=point.note, now=now)
+    record = record_for(ss, threshold, c, point.rule, point.params, pixel_threshold=px_t, note=point.note)
+    run = load_for(run_dir, detectors.get(ss.detector), resolve_device(device))
     index = open_dataset(ss.data, ss.category or None, seed=int(ss.meta.get("data_seed") or 0))
     drep = data_report(index)
     metrics = {k: base[k] for k in ("image_auroc", "average_precision", "pixel_auroc", "aupro", "f1_max")}
@@ -299,12 +292,12 @@ def report_data(run_dir: Path | str, *, detector: str = "auto", compare: list[st
                  "label_source": labels, "n_hand_labels": eff.n_mine if eff is not None else None,
                  "label_disagreements": disagreements, "channels": drep["channels"], "masks": drep["masks"],
                  "n_images": len(ss), "n_defective": ss.n_defective, "n_good": ss.n_good, "n_unknown": ss.n_unknown},
-        "model": _model_section(run_dir, ss),
+        "model": _model_section(run_dir, run, ss),
         "metrics": metrics, "intervals": intervals,
         "per_defect": _per_defect(ss, threshold),
         "curves": {"roc": (c.fpr.tolist(), c.tpr.tolist()), "pr": (c.recall[1:].tolist(), c.precision[1:].tolist())},
         "compare": _compare(run_dir, ss, list(compare or []), labels, device),
-        "galleries": _galleries(run_dir, ss, threshold, device),
+        "galleries": _galleries(run, ss, threshold),
         "record": record.to_dict(),
     }
     out["warnings"] = _warnings(decision, ss, labels, disagreements, drep["warnings"])
@@ -552,10 +545,9 @@ def stored_report_path(run_dir: Path | str, detector: str, labels: str = "datase
     return Path(run_dir) / REPORTS_DIR / f"report-{detector}-{labels}.html"
 
 
-def _point_key(run_dir: Path | str, detector: str) -> dict[str, Any]:
-    point = point_or_default(run_dir, detector).to_dict()
-    point.pop("updated_utc", None)
-    return point
+def _point_key(run_dir: Path | str, detector: str) -> list[Any]:
+    """The saved decision a stored report was made for (as JSON: a list)."""
+    return json.loads(json.dumps(point_or_default(run_dir, detector).decision()))
 
 
 def stored_report(run_dir: Path | str, detector: str, labels: str = "dataset") -> dict[str, Any] | None:

@@ -158,3 +158,17 @@ def test_a_report_without_labeled_images_says_the_decision_cannot_be_judged(
     err = capsys.readouterr().err
     assert "No defective or good test image has a label here (labels: mine)" in err
     assert "cannot be judged" in (tmp_path / "mine.html").read_text(encoding="utf-8")
+
+
+def test_a_preset_operating_point_makes_a_report(runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.evaluation.curves import PRESETS
+
+    run, _ = runs
+    preset = next(iter(PRESETS))
+    save_point(run, "reconstruction", OperatingPoint(rule=f"preset:{preset}"))
+    ev = _evaluate_json(run, capsys)
+    assert main(["report", str(run), "--out", str(tmp_path / "p.html"), "--boot", "50", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["decision"]["threshold"] == ev["threshold"]
+    rec = DecisionRecord.from_html((tmp_path / "p.html").read_text(encoding="utf-8"))
+    assert rec.preset == preset and rec.threshold == ev["threshold"]
