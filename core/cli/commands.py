@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -126,17 +125,25 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _ranks(args: argparse.Namespace) -> int | None:
+    """``--nproc N`` (N > 1) outside torchrun: run this same command as N processes under torchrun's elastic agent
+    and return its exit code; None to run it here (one process, or one rank of a torchrun job)."""
+    if args.nproc < 1:
+        raise ConfigError("--nproc must be >= 1")
+    if args.nproc > 1 and not distributed.launched():
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     cfg.validate()
     feature = cfg.model in FEATURE_MODELS  # one pass over the images: the bar counts backbone batches
-    if args.nproc < 1:
-        raise ConfigError("--nproc must be >= 1")
-    if args.nproc > 1 and not distributed.launched():
-        if feature:
-            raise ConfigError(f"{cfg.model} is fitted in one pass over the images; train it without --nproc")
-        return distributed.launch(args.nproc, _without_nproc(args.argv))
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if feature and args.nproc > 1 and not distributed.launched():
+        raise ConfigError(f"{cfg.model} is fitted in one pass over the images; train it without --nproc")
+    if (code := _ranks(args)) is not None:
+        return code
+    rank0 = distributed.is_main()
     stop, bar = threading.Event(), _Bar("batch" if feature else "epoch", args.quiet or not rank0)
 
     def on_progress(p) -> None:
@@ -198,6 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_rule_options(**rule)
         spec = detectors.resolve(run_model(args.run_dir), args.detector)
         detectors.parse_settings(spec, settings)
+    if (code := _ranks(args)) is not None:
+        return code
     m = evaluate_run(args.run_dir, device=args.device, strips=not args.no_strips)
     if not distributed.is_main():  # under torchrun: this rank scored its share; rank 0 reports
         return 0
@@ -275,8 +284,13 @@ def cmd_detectors(args: argparse.Namespace) -> int:
 def cmd_project(args: argparse.Namespace) -> int:
     cfg = ProjectionConfig(steps=args.steps, alpha=args.alpha, lam=args.lam, map_mode=args.map, precision=args.precision,
                            monotone=not args.no_guard)
+    cfg.validate()
+    if (code := _ranks(args)) is not None:
+        return code
     m = evaluate_projection(args.run_dir, cfg, images=args.images, limit=args.limit, gif=args.gif,
                             batch_size=args.batch_size, device=args.device)
+    if not distributed.is_main():  # this rank projected its share; rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(m))
     else:
@@ -301,7 +315,9 @@ def cmd_anounet(args: argparse.Namespace) -> int:
                         base_channels=args.base_channels, levels=args.levels, residual=args.residual,
                         precision=args.precision, seed=args.seed)
     cfg.validate()
-    stop, bar = threading.Event(), _Bar("img", args.quiet)
+    if (code := _ranks(args)) is not None:
+        return code
+    stop, bar = threading.Event(), _Bar("img", args.quiet or not distributed.is_main())
 
     def on_progress(p) -> None:
         slots = p.slots if p.phase == "epoch" else None
@@ -318,6 +334,8 @@ def cmd_anounet(args: argparse.Namespace) -> int:
         warm_progress=on_warm), stop, bar)
     if m is None:
         return 130
+    if not distributed.is_main():  # this rank optimized its share of the images; rank 0 wrote the maps and reports
+        return 0
     if args.json:
         print(json.dumps(m))
         return 0

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "anounet, ...; default: the run's own. Scores are cached in RUN/scored/")
     e.add_argument("--set", dest="settings", action="append", metavar="KEY=VALUE",
                    help="a setting of the detector (repeatable), e.g. --set steps=10 --set alpha=0.2")
+    e.add_argument("--nproc", type=int, default=1,
+                   help="shard the test images over N processes on this machine (torchrun; one per GPU, or gloo on CPU) "
+                        "and gather the scores and maps on rank 0; several machines: torchrun --nnodes ... -m core evaluate (README)")
     e.set_defaults(func=_command("cmd_evaluate"))
 
     rp = sub.add_parser("report", help="the review report of a run: one self-contained HTML file (decision, data, model, "
@@ -162,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the model's forward/backward (auto: bf16 on a CPU with native bf16, fp16/bf16 on CUDA)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.add_argument("--nproc", type=int, default=1,
+                   help="shard the test images over N processes on this machine (torchrun; one per GPU, or gloo on CPU) "
+                        "and gather the projections on rank 0; several machines: torchrun --nnodes ... -m core project (README)")
     pr.set_defaults(func=_command("cmd_project"))
 
 
@@ -192,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--nproc", type=int, default=1,
+                   help="shard the test images over N processes on this machine (torchrun; one per GPU, or gloo on CPU) "
+                        "and gather the maps on rank 0; several machines: torchrun --nnodes ... -m core anounet (README)")
     a.set_defaults(func=_command("cmd_anounet"))
 
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference in the same run)")

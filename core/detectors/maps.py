@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from core.config import ScoreConfig
 from core.errors import ConfigError
@@ -27,6 +26,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = min(max(1, int(math.ceil(3 * sigma))), min(maps.shape[-2:]) - 1)
     if radius < 1:
         return maps
+    # imported here: torchvision takes seconds to import, and most commands never blur
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.gaussian_blur(maps.unsqueeze(1), [2 * radius + 1] * 2, [sigma, sigma]).squeeze(1)
 
 

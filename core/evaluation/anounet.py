@@ -25,6 +25,7 @@ from core.evaluation.curves import summary
 from core.evaluation.projection import select_images
 from core.evaluation.scored import ScoredSet, load_test_split, scored_set
 from core.runs import load_run
+from core.training import distributed
 from core.training.warm_start import resolve_warm_start
 from core.viz import heatmap, result_strip
 from core.workspace import atomic_write_bytes, atomic_write_json
@@ -73,7 +74,8 @@ def evaluate_anounet(
     """
 
     cfg.validate()
-    dev = resolve_device(device)
+    ctx = distributed.setup(resolve_device(device)) if distributed.launched() else None  # torchrun: shard the images
+    dev = ctx.device if ctx is not None else resolve_device(device)
     run = load_fnet(fnet_run_dir, dev)
     fc = run.config
     index, split = load_test_split(run)
@@ -97,10 +99,23 @@ def evaluate_anounet(
     if len(batch) == 0:
         raise ConfigError("no image selected")
 
-    warm_state, warm_arch, warm_dir = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=str(dev), progress=warm_progress, stop=stop)
+    main = ctx is None or ctx.main
+    if not main:  # rank 0 trains (or finds) the warm start first; the others then load the one it kept
+        distributed.barrier(ctx)
+    warm_state, warm_arch, warm_dir = resolve_warm_start(warm_start, fnet_run_dir, cfg, device=str(dev),
+                                                         progress=warm_progress if main else None, stop=stop)
+    if ctx is not None and main:
+        distributed.barrier(ctx)
     ano = AnoUnet(run.model, cfg, warm_state=warm_state, warm_arch=warm_arch, device=dev, cache=cache)
     t0 = time.perf_counter()
-    results = ano.run(batch, progress=progress, stop=stop)
+    if ctx is None:
+        results = ano.run(batch, progress=progress, stop=stop)
+    else:  # each image's G is seeded by its content, so a rank's share gives the results one process gives
+        part = ctx.shard(len(batch))
+        mine = ano.run(batch[part], progress=progress if main else None, stop=stop)
+        results = [r for piece in distributed.gather_objects(mine, ctx) for r in piece]
+        if not main:  # rank 0 writes the maps and the summary
+            return {"rank": ctx.rank, "n_done": sum(r is not None for r in mine)}
     seconds = time.perf_counter() - t0
     done = [r for r in results if r is not None]
     n_cached = sum(r.cached for r in done)

@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.evaluation.curves import summary
 from core.evaluation.scored import load_test_split, scored_set, scored_set_path
 from core.runs import load_run
+from core.training import distributed
 from core.viz import annotate, gif_bytes
 from core.workspace import atomic_write_bytes
 
@@ -40,7 +41,8 @@ def evaluate_projection(
         ``aupro``, ``aupro_reconstruction``, ``image_auroc``, ``image_auroc_reconstruction``, counts, settings.
     """
     cfg.validate()
-    dev = resolve_device(device)
+    ctx = distributed.setup(resolve_device(device)) if distributed.launched() else None  # torchrun: each rank its GPU
+    dev = ctx.device if ctx is not None else resolve_device(device)
     run = load_run(run_dir, dev)
     index, split = load_test_split(run)
     keep = select_images(index.root, split, images)[:limit]
@@ -50,6 +52,8 @@ def evaluate_projection(
     # the one evaluation path: the registry's projection detector and the plain reconstruction, same images
     ss = scored_set(run_dir, "projection", settings=asdict(cfg), images=paths, device=str(dev), batch_size=batch_size)
     recon = scored_set(run_dir, "reconstruction", images=paths, device=str(dev), batch_size=batch_size)
+    if not distributed.is_main():  # under torchrun this rank scored its share (scored_set gathers); rank 0 reports
+        return {"rank": ctx.rank, "n_images": len(ss)}
     proj_m, recon_m = summary(ss), summary(recon)
     energy = ss.extras["energy"].astype(np.float64)
     seen = np.isfinite(energy).any(0)

@@ -9,7 +9,6 @@ blurred costs little while a missing or broken structure costs much. The computa
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as _ssim
 
 WINDOW = 11  # Gaussian window side (Wang et al. 2004; Bergmann et al. 2019)
 SIGMA = 1.5
@@ -23,7 +22,10 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     k = min(WINDOW, side if side % 2 else side - 1)
     if k < 3:
         raise ValueError(f"SSIM needs images of at least 3 px, got {tuple(x.shape[-2:])}")
-    _, full = _ssim(x.float(), y.float(), gaussian_kernel=True, sigma=SIGMA * k / WINDOW, kernel_size=k,
+    # imported here: torchmetrics pulls in scipy.signal, seconds of start-up for every command that never uses SSIM
+    from torchmetrics.functional import image as tm_image
+
+    _, full = tm_image.structural_similarity_index_measure(x.float(), y.float(), gaussian_kernel=True, sigma=SIGMA * k / WINDOW, kernel_size=k,
                     data_range=1.0, reduction="none", return_full_image=True)
     return full.mean(1)
 

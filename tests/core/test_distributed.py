@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,10 +66,16 @@ def test_two_processes_train_an_ae_with_batchnorm_close_to_one(workspace: Path, 
     assert _losses(one) == pytest.approx(_losses(two), rel=2e-3)
 
 
-def test_sharded_evaluation_gives_the_scores_of_one_process(workspace: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def ae_run(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ddp_ae") / "run"
     _run(["train", "--model", "ae", "--base-channels", "4", "--depth", "3", "--epochs", "1", "--out", str(run), *TINY],
          workspace)
+    return run
+
+
+def test_sharded_evaluation_gives_the_scores_of_one_process(workspace: Path, ae_run: Path) -> None:
+    run = ae_run
     _run(["evaluate", str(run), "--json", "--no-strips"], workspace)
     single = list(csv.reader((run / "scores.csv").open(newline="")))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -84,3 +91,38 @@ def test_sharded_evaluation_gives_the_scores_of_one_process(workspace: Path, tmp
     sharded = list(csv.reader((run / "scores.csv").open(newline="")))
     assert sharded == single
     assert printed[0]["image_auroc"] == metrics["image_auroc"] and printed[0]["pixel_auroc"] == metrics["pixel_auroc"]
+
+
+def test_sharded_projection_gives_the_energies_and_metrics_of_one_process(workspace: Path, ae_run: Path) -> None:
+    args = ["project", str(ae_run), "--steps", "4", "--limit", "10", "--device", "cpu", "--json"]
+    shutil.rmtree(ae_run / "scored", ignore_errors=True)
+    one = json.loads(_run(args, workspace).stdout)
+    shutil.rmtree(ae_run / "scored")  # else the second run reads the first one's cached scores
+    printed = [json.loads(line) for line in _run([*args, "--nproc", "2"], workspace).stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1  # rank 0 reports
+    two = printed[0]
+    assert two["n_images"] == one["n_images"] == 10
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_auroc_reconstruction", "n_guarded", "energy_rises"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-9), key
+    assert two["energy"] == pytest.approx(one["energy"], rel=1e-5)
+
+
+def test_sharded_anounet_gives_the_maps_of_one_process(workspace: Path, tmp_path: Path) -> None:
+    fnet = tmp_path / "fnet"
+    _run(["train", "--model", "fnet", "--base-channels", "4", "--fnet-stages", "3", "--references", "paste", "--epochs", "1",
+          "--out", str(fnet), *TINY], workspace)
+    args = ["anounet", str(fnet), "--limit", "5", "--epochs", "3", "--base-channels", "4", "--levels", "2", "--no-cache",
+            "--device", "cpu", "--json", "--quiet"]
+    one = json.loads(_run([*args, "--out", str(tmp_path / "one")], workspace).stdout)
+    printed = [json.loads(line) for line in _run([*args, "--out", str(tmp_path / "two"), "--nproc", "2"], workspace)
+               .stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1
+    two = printed[0]
+    assert [r["name"] for r in two["images"]] == [r["name"] for r in one["images"]] and two["n_done"] == 5
+    # each image's G is seeded by its content: the shares give one process's scores (F batched differently: float error)
+    assert [r["score"] for r in two["images"]] == pytest.approx([r["score"] for r in one["images"]], rel=1e-5)
+    assert [r["epochs"] for r in two["images"]] == [r["epochs"] for r in one["images"]]
+    for row in one["images"]:
+        a = np.load(tmp_path / "one" / f"{row['name']}_map.npy")
+        b = np.load(tmp_path / "two" / f"{row['name']}_map.npy")
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-7)
