@@ -11,6 +11,11 @@ from core.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def local_gpus() -> int:
+    """CUDA GPUs on this machine (0 without CUDA): a training can run data-parallel over them."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def available_devices() -> list[str]:
     """Devices this machine has, best first (e.g. ``["cuda", "cpu"]``)."""
     out = []

@@ -12,6 +12,10 @@ os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
 # Heavy jobs share slots (one per 2 cores in production); AppTests share one registry per process, and a job one
 # test leaves running must not queue the next test's. tests/core/test_jobs.py tests the queue on its own registries.
 os.environ.setdefault("ANOMALYLAB_HEAVY_JOBS", "8")
+# Heavy jobs run in worker processes in production; AppTests monkeypatch job functions and build in-memory models,
+# which a spawned worker would not see. tests/core/test_jobs.py runs jobs in worker processes on its own registries,
+# and the browser tests' servers run them in processes (tests/e2e/conftest.py).
+os.environ.setdefault("ANOMALYLAB_JOB_WORKERS", "thread")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_small"
 

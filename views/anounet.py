@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-import torch
 
 from core.config import AnoUnetConfig
 from core.data.loading import LoadedSplit, load_split
@@ -166,7 +165,7 @@ def main() -> None:
     draw_estimate(fnet)
     if submitted is not None:
         request, images, masks = submitted
-        task = anounet_task(fnet_dir, torch.from_numpy(images), request.cfg, warm_start=request.warm_start,
+        task = anounet_task(fnet_dir, images, request.cfg, warm_start=request.warm_start,
                             preview_every=PREVIEW_EVERY, device="auto")
         job_panel.submit(PAGE, request, task, images=images, masks=masks)
     job_panel.show(PAGE, fnet.id, draw_progress, lambda snap: draw_result(snap, sel.run_dir and str(sel.run_dir)))

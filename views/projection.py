@@ -17,7 +17,6 @@ import torch
 
 from core.config import MAP_MODES, RECONSTRUCTION_MODELS, ProjectionConfig
 from core.data.images import to_float_chw
-from core.detectors import registry as detectors
 from core.runs import LoadedRun
 from core.services.estimate import projection_estimate
 from core.services.jobs import JobSnapshot
@@ -162,7 +161,7 @@ def main() -> None:
     draw_estimate(run)
     if submitted is not None:
         request, x0, masks = submitted
-        task = projection_task(run.model, detectors.build(run), x0, request.cfg, list(request.labels), masks)
+        task = projection_task(run.path, x0, request.cfg, list(request.labels), masks)
         job_panel.submit(PAGE, request, task, keep_results=KEEP_RESULTS)
     job_panel.show(PAGE, run.id, draw_progress, lambda snap: draw_result(snap, run, KEY_STEP))
 

@@ -9,13 +9,14 @@ import streamlit as st
 from core.config import AE_LOSSES, AEConfig, TrainConfig
 from core.data.index import DatasetIndex
 from core.data.loading import detect_channels
-from core.device import available_devices
+from core.device import available_devices, local_gpus
 from core.runs import RunError, delete_run
 from core.services.estimate import train_estimate
 from views.components import jobs_view, ui
 
 KEY_CONFIRM_DELETE = "train_confirm_delete"
 KEY_DELETE_ERROR = "train_delete_error"
+KEY_GPUS = "train_gpus"
 SIZES = (32, 64, 128, 256)
 AE_LOSS_DEFAULT = TrainConfig().ae_loss
 AE_LOSS_LABELS = {"mse": "MSE (pixel error)", "ssim": "SSIM (structure; textures)", "ssim_l1": "SSIM + L1"}
@@ -56,11 +57,15 @@ def settings_ui(sel: ui.Selection) -> tuple[TrainConfig | None, str | None]:
         minutes = c3.number_input("Time budget (min, 0 = none)", 0.0, 1440.0, 0.0, step=1.0, key="train_minutes",
                                   help="Stop after this much training time even if epochs remain (the run says so).")
         augment = c4.toggle("Augment (crops, flips)", value=False, key="train_augment")
-        c1, c2, _, _ = st.columns(4)
+        c1, c2, c3, _ = st.columns(4)
         ratio = c1.number_input("Coreset share (PatchCore)", 0.001, 1.0, 0.01, step=0.005, format="%.3f",
                                 key="train_coreset", help="Share of the good images' patches kept in the memory bank.")
         ae_loss = c2.selectbox("AE loss", AE_LOSSES, index=AE_LOSSES.index(AE_LOSS_DEFAULT), key="train_ae_loss",
                                format_func=AE_LOSS_LABELS.get, help=AE_LOSS_HELP)
+        if (gpus := local_gpus()) >= 2:  # data-parallel over this machine's GPUs (torchrun, NCCL)
+            c3.number_input("GPUs (data-parallel; AE, VAE)", 1, gpus, 1, key=KEY_GPUS,
+                            help=f"Train on up to {gpus} GPUs of this machine at once (one process each, the same global "
+                                 "batch and run folder as one GPU). It holds that many job slots.")
         st.caption("PatchCore / PaDiM: epochs, patience, batch, learning rate, precision, time budget and augmentation "
                    "do not apply (no training, one pass over the good images).")
         b1, b2, _ = st.columns([1, 1, 3])
@@ -84,14 +89,15 @@ def settings_ui(sel: ui.Selection) -> tuple[TrainConfig | None, str | None]:
     return cfg, "start" if start else "estimate"
 
 
-def draw_estimate(cfg: TrainConfig, index: DatasetIndex | None) -> str | None:
-    """The expected time of ``cfg`` (measuring this machine once where needed); the text, or None."""
+def draw_estimate(cfg: TrainConfig, index: DatasetIndex | None, measure: bool = True) -> str | None:
+    """The expected time of ``cfg`` (measuring this machine once where needed and ``measure``); the text, or None.
+    Start passes ``measure=False``: the training is not held up, and its job says its ETA after the first epoch."""
     if index is None:
         return None
     n_train = len(index.split("train"))
     try:
         with st.spinner("Measuring this machine's speed for these settings (a few steps, once)…"):
-            est = train_estimate(cfg, n_train, cfg.channels or detect_channels(index))
+            est = train_estimate(cfg, n_train, cfg.channels or detect_channels(index), calibrate_missing=measure)
     except (ValueError, RuntimeError, OSError) as exc:
         st.warning(f"No estimate for these settings: {exc}")
         return None
@@ -153,8 +159,11 @@ dataset = ui.require_dataset(selection)
 if dataset is not None:
     config, action = settings_ui(selection)
     if config is not None:
-        draw_estimate(config, dataset)
+        draw_estimate(config, dataset, measure=action == "estimate")
         if action == "start":
-            jobs_view.start_training(config, f"{config.model.upper()} on {config.data} / {config.category} at {config.size}px")
+            nproc = int(st.session_state.get(KEY_GPUS, 1)) if config.model in ("ae", "vae") and local_gpus() >= 2 else 1
+            where = f" on {nproc} GPUs" if nproc > 1 else ""
+            jobs_view.start_training(config, f"{config.model.upper()} on {config.data} / {config.category} at "
+                                             f"{config.size}px{where}", nproc=nproc)
 jobs_view.live_jobs()
 draw_runs()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from core.evaluation.anounet import evaluate_anounet
 from core.evaluation.curves import check_rule_options
 from core.evaluation.evaluate import evaluate_run, evaluate_with_rule
 from core.evaluation.projection import evaluate_projection
-from core.runs import CONFIG_FILE, read_history, run_model
+from core.runs import CONFIG_FILE, read_history, read_json, run_model
 from core.services.report import write_pdf, write_report
 from core.training import distributed
 from core.training.loop import fit
@@ -74,9 +75,24 @@ def cmd_data_report(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    """The flags given, over ``--config FILE`` (a run's config.json or a JSON object of the settings), over the defaults."""
     names = {f.name for f in fields(TrainConfig)}
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        raw = read_json(Path(args.config))
+        from_run = isinstance(raw, dict) and isinstance(raw.get("config"), dict)  # a run's config.json
+        data = raw["config"] if from_run else raw
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {args.config}: expected a JSON object of training settings")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"--config {args.config}: unknown setting(s) {', '.join(unknown)}")
+        base = data if from_run else {"ae_loss": TrainConfig().ae_loss, **data}  # (an old run's: MSE, as it trained)
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return TrainConfig(**given)
+    try:
+        return TrainConfig.from_dict({**base, **given}) if base else TrainConfig(**given)
+    except TypeError as exc:
+        raise ConfigError(f"--config {args.config}: {exc}") from None
 
 
 class _Bar:
@@ -102,14 +118,29 @@ class _Bar:
 
 
 def _interruptible(work: Callable[[], T], stop: threading.Event, bar: _Bar) -> T | None:
-    """Run ``work``; on Ctrl-C set ``stop`` (the best checkpoint so far is kept), say so and return None."""
+    """Run ``work``; Ctrl-C (SIGINT) sets ``stop``: the work ends after its current step and writes what it has
+    (a training: status ``stopped``, its checkpoints kept). A second Ctrl-C quits at once, except under torchrun,
+    whose agent passes every SIGINT on (the ranks must leave together; it kills them itself after its grace time).
+    Returns None when stopped."""
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set() and not distributed.launched():
+            raise KeyboardInterrupt
+        if not stop.is_set() and distributed.is_main():
+            print("\nstopping after the current step (Ctrl-C again to quit at once)", file=sys.stderr)
+        stop.set()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
-        return work()
+        out = work()
+        return None if stop.is_set() else out
     except KeyboardInterrupt:
         stop.set()
         print("\ninterrupted", file=sys.stderr)
         return None
     finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
         bar.close()
 
 
@@ -155,9 +186,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                   if p.phase == "epoch" and p.train_loss is not None else {})
         bar.update(p.phase, cfg.epochs, p.epoch, **losses)
 
-    run_dir = _interruptible(lambda: fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop,
-                                         resume=args.resume), stop, bar)
+    out: list[Path] = []  # the run folder, also when Ctrl-C stopped the training
+
+    def work() -> Path:
+        out.append(fit(cfg, Path(args.out) if args.out else None, progress=on_progress, stop=stop, resume=args.resume))
+        return out[0]
+
+    run_dir = _interruptible(work, stop, bar)
     if run_dir is None:
+        if out and rank0:
+            print(f"stopped: {out[0]} (status stopped, checkpoints kept; continue with --out {out[0]} --resume)")
         return 130
     if not rank0:  # rank 0 reports and evaluates; the others only scored their shares
         if not args.no_eval:

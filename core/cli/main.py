@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     dr.set_defaults(func=_command("cmd_data_report"))
 
     t = sub.add_parser("train", help="train an AE, VAE, U-Net or f-Net (Ano-Unet feature extractor) on the normal training images")
-    t.add_argument("--data", default="builtin:synthetic", help="builtin:synthetic, builtin:digits or a folder")
+    t.add_argument("--config", help="settings from a JSON file: a run's config.json (train again like that run) or an "
+                                    "object of setting names; the flags given override it")
+    t.add_argument("--data", help="builtin:synthetic (default), builtin:digits or a folder")
     t.add_argument("--category", help="category (default: the first one)")
     t.add_argument("--model", choices=["ae", "vae", "fnet", "unet", "patchcore", "padim"], default="ae",
                    help="fnet: the Ano-Unet feature extractor; unet: a reconstruction U-Net (Ano-Unet warm start); "

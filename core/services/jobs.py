@@ -1,4 +1,4 @@
-"""Background jobs: long work (training, projection, Ano-Unet) in threads, outside any UI.
+"""Background jobs: long work (training, scoring, projection, Ano-Unet, reports) outside any UI.
 
 A :class:`JobRegistry` owns the jobs of a process, keyed by id. A job runs a plain function that takes
 a :class:`JobContext` (to report progress and to see the stop request). Readers only ever get
@@ -8,17 +8,29 @@ about streamlit: the app keeps one registry per server process (``st.cache_resou
 Heavy jobs (:data:`HEAVY_KINDS`) share a bounded number of slots (:func:`heavy_slots`: one per two CPU cores,
 one per GPU, or ``$ANOMALYLAB_HEAVY_JOBS``); the others wait in a first-come queue with status ``queued``
 (their snapshot says the position) and can be cancelled there (``request_stop``: they never start).
+
+A heavy job given as a :class:`WorkerTask` (a module-level function and picklable arguments) runs in a worker
+process of a ``concurrent.futures.ProcessPoolExecutor`` ("spawn" context, one worker per slot, each with its
+share of the CPU threads), so it neither holds the server's GIL nor competes with page scripts for it. Its
+progress comes back through a ``multiprocessing`` manager queue (merged, at most every :data:`FLUSH_S`), the
+stop request goes out through a manager event, and its files go to the run folder, where every session and
+process sees them. ``$ANOMALYLAB_JOB_WORKERS=thread`` runs them in threads of this process instead (the test
+harness does, to monkeypatch job functions).
 """
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+import queue
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +41,8 @@ from core.errors import ConfigError
 RUNNING, FINISHED, STOPPED, FAILED, QUEUED = "running", "finished", "stopped", "failed", "queued"
 HEAVY_KINDS = frozenset({"train", "projection", "anounet", "scoring", "report"})  # they use every core they get
 ENV_HEAVY_JOBS = "ANOMALYLAB_HEAVY_JOBS"
+ENV_JOB_WORKERS = "ANOMALYLAB_JOB_WORKERS"  # "process" (default) or "thread"
+FLUSH_S = 0.2  # a worker sends its merged progress at most this often
 
 
 def heavy_slots() -> int:
@@ -42,6 +56,169 @@ def heavy_slots() -> int:
     if torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def job_workers() -> str:
+    """Where heavy :class:`WorkerTask` jobs run: ``process`` (default) or ``thread`` (``$ANOMALYLAB_JOB_WORKERS``)."""
+    return "thread" if os.environ.get(ENV_JOB_WORKERS, "").strip().lower() == "thread" else "process"
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """A job that can run in another process: ``fn(ctx, **kwargs)`` with a module-level ``fn`` and picklable
+    arguments (arrays as numpy, models by their run folder). Called directly, it runs in the calling thread."""
+
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, ctx: Any) -> Any:
+        return self.fn(ctx, **self.kwargs)
+
+
+class _WorkerContext:
+    """A job's :class:`JobContext` inside a worker process: ``update`` merges progress and sends it at most every
+    :data:`FLUSH_S`; ``stop`` is a local event that a watcher thread sets when the server asks."""
+
+    def __init__(self, updates: Any, remote_stop: Any) -> None:
+        self._updates, self._pending, self._sent = updates, {}, 0.0
+        self.stop, self._closed = threading.Event(), threading.Event()
+        threading.Thread(target=self._watch, args=(remote_stop,), daemon=True).start()
+
+    def _watch(self, remote_stop: Any) -> None:
+        while not self._closed.is_set():
+            try:
+                if remote_stop.wait(0.25) or os.getppid() != _PARENT[0]:  # asked, or the server died (orphaned)
+                    self.stop.set()
+                    return
+            except (OSError, EOFError, BrokenPipeError):  # the server's manager went away: stop the work
+                self.stop.set()
+                return
+
+    def update(self, **state: Any) -> None:
+        self._pending.update(state)
+        if time.monotonic() - self._sent >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._updates.put(self._pending)
+            self._pending, self._sent = {}, time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self._closed.set()
+
+
+_PARENT = [0]  # in a worker: the server's pid
+
+
+def _worker_init(threads: int) -> None:
+    """A worker's share of the CPU cores (the heavy slots split them), and threads for anything it starts itself."""
+    _PARENT[0] = os.getppid()
+    os.environ[ENV_JOB_WORKERS] = "thread"
+    torch.set_num_threads(max(1, threads))
+
+
+def _worker_main(fn: Callable[..., Any], kwargs: dict[str, Any], updates: Any, remote_stop: Any) -> Any:
+    ctx = _WorkerContext(updates, remote_stop)
+    try:
+        return fn(ctx, **kwargs)
+    finally:
+        ctx.close()
+
+
+class _Workers:
+    """The worker processes of a registry, started on the first heavy job (spawn: no state of the server is
+    copied, CUDA is safe), one per heavy slot."""
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, int(n))
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._manager: Any = None
+        self._stops: dict[str, Any] = {}  # job id -> the manager event of a job in a worker
+
+    def _ensure(self) -> tuple[ProcessPoolExecutor, Any]:
+        with self._lock:
+            if self._pool is None:
+                mp = multiprocessing.get_context("spawn")
+                if self._manager is None:
+                    self._manager = mp.Manager()
+                    _at_exit(self.stop_all)
+                threads = max(1, (os.cpu_count() or 2) // self.n)
+                self._pool = ProcessPoolExecutor(self.n, mp_context=mp, initializer=_worker_init, initargs=(threads,))
+            return self._pool, self._manager
+
+    def run(self, job: Job) -> Any:
+        """Run ``job.fn`` (a :class:`WorkerTask`) in a worker, relaying its progress and the stop request."""
+        task: WorkerTask = job.fn  # type: ignore[assignment]
+        pool, manager = self._ensure()
+        updates, stop = manager.Queue(), manager.Event()
+        with self._lock:
+            self._stops[job.id] = stop
+        try:
+            future = pool.submit(_worker_main, task.fn, task.kwargs, updates, stop)
+            while True:
+                if job.stop_event.is_set() and not stop.is_set():
+                    stop.set()
+                try:
+                    state = updates.get(timeout=FLUSH_S)
+                except queue.Empty:
+                    if future.done():
+                        break
+                    continue
+                with job.lock:
+                    job.state.update(state)
+            while True:  # what the worker sent before it returned
+                try:
+                    state = updates.get_nowait()
+                except queue.Empty:
+                    break
+                with job.lock:
+                    job.state.update(state)
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                with self._lock:  # the next job gets fresh workers
+                    if self._pool is pool:
+                        self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise RuntimeError("the worker process ended before the job finished (killed, or out of memory); "
+                                   "start it again") from None
+        finally:
+            with self._lock:
+                self._stops.pop(job.id, None)
+
+    def stop_all(self) -> None:
+        """Ask every job in a worker to stop (at exit: a running training must not hold the server open)."""
+        with self._lock:
+            stops = list(self._stops.values())
+        for stop in stops:
+            try:
+                stop.set()
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+
+
+    def close(self) -> None:
+        """Stop the jobs in the workers, then end the workers and the manager."""
+        self.stop_all()
+        with self._lock:
+            pool, manager, self._pool, self._manager = self._pool, self._manager, None, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if manager is not None:
+            manager.shutdown()
+
+
+def _at_exit(fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the interpreter exits, before ``concurrent.futures`` waits for its workers' running jobs
+    (threading's exit hooks run last-registered first; ``atexit``'s would run after that wait)."""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or __import__("atexit").register)(fn)
+    except RuntimeError:  # already shutting down
+        pass
 
 
 @dataclass
@@ -111,16 +288,17 @@ class _Slots:
                     self.queue.remove(job.id)
                     self.cv.notify_all()
                     return False
-                if self.queue[0] == job.id and self.active < self.n:
+                need = min(job.need, self.n)  # a job over all the GPUs takes every slot
+                if self.queue[0] == job.id and self.active + need <= self.n:
                     self.queue.pop(0)
-                    self.active += 1
+                    self.active += need
                     self.cv.notify_all()
                     return True
                 self.cv.wait(0.25)
 
-    def release(self) -> None:
+    def release(self, job: Job) -> None:
         with self.cv:
-            self.active -= 1
+            self.active -= min(job.need, self.n)
             self.cv.notify_all()
 
     def position(self, job_id: str) -> tuple[int | None, int]:
@@ -147,6 +325,8 @@ class Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     slots: _Slots | None = None  # heavy jobs wait here for their turn
+    workers: _Workers | None = None  # a heavy WorkerTask runs in one of these processes
+    need: int = 1  # heavy slots it holds while it runs (a job over N GPUs: N)
 
     def _run(self) -> None:
         holds = False
@@ -160,7 +340,10 @@ class Job:
                     return
                 with self.lock:
                     self.status, self.started = RUNNING, time.time()
-            result = self.fn(JobContext(self))
+            if self.workers is not None and isinstance(self.fn, WorkerTask):
+                result = self.workers.run(self)
+            else:
+                result = self.fn(JobContext(self))
             with self.lock:
                 self.result = result
                 self.status = STOPPED if self.stop_event.is_set() else FINISHED
@@ -173,7 +356,7 @@ class Job:
             with self.lock:
                 self.ended = time.time()
             if holds:
-                self.slots.release()
+                self.slots.release(self)
 
     def snapshot(self) -> JobSnapshot:
         """A deep copy of the job's state, safe to read while the job runs."""
@@ -203,19 +386,28 @@ def _reusable(job: Job) -> bool:
 class JobRegistry:
     """Thread-safe map of job id -> :class:`Job` for one process."""
 
-    def __init__(self, max_finished: int = 50, heavy: int | None = None) -> None:
+    def __init__(self, max_finished: int = 50, heavy: int | None = None, workers: str | None = None) -> None:
+        """``heavy``: slots for heavy jobs (default :func:`heavy_slots`); ``workers``: ``process`` or ``thread``
+        (default :func:`job_workers`), where heavy :class:`WorkerTask` jobs run."""
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._max_finished = max_finished
         self.slots = _Slots(heavy_slots() if heavy is None else heavy)
+        mode = workers or job_workers()
+        if mode not in ("process", "thread"):
+            raise ConfigError(f"workers must be 'process' or 'thread', got {mode!r}")
+        self.workers = _Workers(self.slots.n) if mode == "process" else None
 
-    def _new(self, job_id: str, kind: str, title: str, fn: Callable[[JobContext], Any], state: dict[str, Any]) -> Job:
+    def _new(self, job_id: str, kind: str, title: str, fn: Callable[[JobContext], Any], state: dict[str, Any],
+             need: int = 1) -> Job:
         heavy = kind in HEAVY_KINDS
         return Job(job_id, kind, title, fn, state=dict(state), status=QUEUED if heavy else RUNNING,
-                   slots=self.slots if heavy else None)
+                   slots=self.slots if heavy else None, workers=self.workers if heavy else None, need=max(1, int(need)))
 
-    def start(self, kind: str, title: str, fn: Callable[[JobContext], Any], job_id: str | None = None, **state: Any) -> Job:
-        """Start ``fn`` in a daemon thread and register it.
+    def start(self, kind: str, title: str, fn: Callable[[JobContext], Any], job_id: str | None = None, *,
+              need: int = 1, **state: Any) -> Job:
+        """Start ``fn`` in a daemon thread and register it; a heavy job holds ``need`` slots while it runs (at most
+        all of them: a training over the N GPUs of a machine with N slots waits for all of them).
 
         Raises:
             ValueError: when a running job already has ``job_id``.
@@ -225,7 +417,7 @@ class JobRegistry:
             old = self._jobs.get(job_id)
             if old is not None and old.status in (RUNNING, QUEUED):
                 raise ConfigError(f"job {job_id} is already running")
-            job = self._new(job_id, kind, title, fn, state)
+            job = self._new(job_id, kind, title, fn, state, need)
             self._jobs[job_id] = job
             self._prune()
         job.thread = threading.Thread(target=job._run, name=f"job-{job_id}", daemon=True)
@@ -310,3 +502,11 @@ class JobRegistry:
             jobs = list(self._jobs.values())
         for j in jobs:
             j.request_stop()
+        if self.workers is not None:
+            self.workers.stop_all()
+
+    def close(self) -> None:
+        """Stop every job and end the worker processes (a later heavy job starts new ones)."""
+        self.stop_all()
+        if self.workers is not None:
+            self.workers.close()

@@ -4,18 +4,21 @@ keeps display frames of the stored steps, and the frame composites of the animat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from core.config import ProjectionConfig
+from core.detectors import registry as detectors
 from core.detectors.projection import ProjectionDetector, mean_energy_curve, project
 from core.detectors.reconstruction import ReconstructionDetector
+from core.device import module_device, resolve_device
+from core.runs import load_run
 from core.services.image_request import ImageRequest
-from core.services.jobs import JobContext
+from core.services.jobs import JobContext, WorkerTask
 from core.services.panels import display_rgb, display_scale, enlarge_nn
 from core.viz import annotate, column_headers, heatmap
 
@@ -59,10 +62,11 @@ def _quantile_vmax(values: np.ndarray, q: float) -> float:
 
 
 def projection_task(
-    model: torch.nn.Module, detector: ReconstructionDetector, x0: torch.Tensor, cfg: ProjectionConfig,
-    labels: list[str], masks: list[np.ndarray | None],
-) -> Callable[[JobContext], dict[str, Any]]:
-    """A job that projects ``x0`` and keeps display frames of every stored step.
+    run_dir: Path | str, x0: np.ndarray | torch.Tensor, cfg: ProjectionConfig, labels: list[str],
+    masks: list[np.ndarray | None], device: str = "auto",
+) -> WorkerTask:
+    """A job that projects ``x0`` (float ``[B, C, H, W]`` in [0, 1]) with the run's model and keeps display frames
+    of every stored step; the model is loaded where the job runs (a worker process), on ``device``.
 
     State: ``step``, ``steps``, ``energy`` (mean per step so far). Result: uint8 frames ``x``,
     ``recon``, ``heat`` ``[F, B, H, W, 3]`` for the ``frame_steps``; ``energy`` (mean per step) and
@@ -70,75 +74,86 @@ def projection_task(
     their scores and colour scales ``proj_vmax`` and ``recon_vmax``); ``diverged`` ([(label, step)]); ``guarded`` ([(label, halvings, alpha,
     stalled)]) and ``energy_rises`` (step-to-step rises of any image's energy); ``stopped``.
     """
+    x0 = x0.numpy() if isinstance(x0, torch.Tensor) else np.asarray(x0)
+    return WorkerTask(_project, {"run_dir": str(run_dir), "x0": x0, "cfg": cfg, "labels": list(labels),
+                                 "masks": list(masks), "device": device})
 
-    def task(ctx: JobContext) -> dict[str, Any]:
-        started = time.perf_counter()
-        keep = set(stored_steps(cfg.steps))
-        xs, recons, diffs, frame_steps, energies = [], [], [], [], []
-        last = None
-        stopped = False
 
-        def store(frame: Any) -> None:
-            xs.append(display_rgb(frame.x))
-            recons.append(display_rgb(frame.recon))
-            diffs.append(frame.diff.float().cpu().numpy().astype(np.float16))
-            frame_steps.append(frame.step)
+def _project(ctx: JobContext, run_dir: str, x0: np.ndarray, cfg: ProjectionConfig, labels: list[str],
+             masks: list[np.ndarray | None], device: str) -> dict[str, Any]:
+    run = load_run(run_dir, resolve_device(device))
+    return run_projection(ctx, run.model, detectors.build(run), torch.from_numpy(x0).to(module_device(run.model)), cfg,
+                          labels, masks)
 
-        ctx.update(step=0, steps=cfg.steps, energy=[])
-        for frame in project(model, x0, cfg):
-            energies.append(frame.energy.detach().float().cpu())
-            if frame.step in keep:
-                store(frame)
-            last = frame
-            ctx.update(step=frame.step, energy=mean_energy_curve(energies))
-            if ctx.stop.is_set():
-                stopped = frame.step < cfg.steps
-                break
-        assert last is not None
-        if frame_steps[-1] != last.step:  # stopped (or every image diverged) between two stored steps
-            store(last)
-        vmax = _quantile_vmax(diffs[-1].astype(np.float32), DIFF_QUANTILE)
-        heat = np.stack([np.stack([heatmap(d.astype(np.float32), 0.0, vmax) for d in step]) for step in diffs])
-        # The article's comparison: the plain reconstruction error against the projection map, scored alike.
-        plain = detector.predict(x0)
-        proj = ProjectionDetector(model, cfg, detector.score).output(last, x0)  # the registry detector's map and score
-        recon_map, proj_map_np = plain.anomaly_map.float().cpu().numpy(), proj.anomaly_map.float().cpu().numpy()
-        proj_scores = proj.score
-        ctx.update(step=last.step)
-        return {
-            "labels": list(labels),
-            "steps": cfg.steps,
-            "steps_done": last.step,
-            "frame_steps": frame_steps,
-            "x": np.stack(xs),
-            "recon": np.stack(recons),
-            "heat": heat,
-            "diff_vmax": vmax,
-            "energy": mean_energy_curve(energies),
-            "energy_per_image": torch.stack(energies).numpy(),  # [steps + 1, B]
-            "x0": display_rgb(x0),
-            "plain_recon": display_rgb(plain.reconstruction) if plain.reconstruction is not None else None,
-            "x_final": display_rgb(last.x),
-            "recon_map": recon_map,
-            "proj_map": proj_map_np,
-            "recon_scores": plain.score.float().cpu().numpy(),
-            "proj_scores": proj_scores.float().cpu().numpy(),
-            # each map on its own colour scale: the projection map is much smaller than the reconstruction error
-            # (on one scale it was nearly uniform dark blue); each scale is stated under the rows
-            "recon_vmax": _quantile_vmax(recon_map, MAP_QUANTILE),
-            "proj_vmax": _quantile_vmax(proj_map_np, MAP_QUANTILE),
-            "masks": masks,
-            "diverged": [(labels[i], s) for i, s in enumerate(last.diverged_step) if s is not None],
-            "monotone": cfg.monotone,
-            # the guard: (label, halvings of alpha, the alpha it ends with, stalled) of every image it acted on
-            "guarded": [(labels[i], int(h), float(a), bool(st)) for i, (h, a, st)
-                        in enumerate(zip(last.halvings.tolist(), last.alpha.tolist(), last.stalled.tolist())) if h],
-            "energy_rises": int(np.count_nonzero(np.diff(torch.stack(energies).numpy().astype(np.float64), axis=0) > 0)),
-            "stopped": stopped,
-            "seconds": time.perf_counter() - started,
-        }
 
-    return task
+def run_projection(ctx: JobContext, model: torch.nn.Module, detector: ReconstructionDetector, x0: torch.Tensor,
+                   cfg: ProjectionConfig, labels: list[str], masks: list[np.ndarray | None]) -> dict[str, Any]:
+    """The work of :func:`projection_task` with a model in hand (its result, published state and stop request)."""
+    started = time.perf_counter()
+    keep = set(stored_steps(cfg.steps))
+    xs, recons, diffs, frame_steps, energies = [], [], [], [], []
+    last = None
+    stopped = False
+
+    def store(frame: Any) -> None:
+        xs.append(display_rgb(frame.x))
+        recons.append(display_rgb(frame.recon))
+        diffs.append(frame.diff.float().cpu().numpy().astype(np.float16))
+        frame_steps.append(frame.step)
+
+    ctx.update(step=0, steps=cfg.steps, energy=[])
+    for frame in project(model, x0, cfg):
+        energies.append(frame.energy.detach().float().cpu())
+        if frame.step in keep:
+            store(frame)
+        last = frame
+        ctx.update(step=frame.step, energy=mean_energy_curve(energies))
+        if ctx.stop.is_set():
+            stopped = frame.step < cfg.steps
+            break
+    assert last is not None
+    if frame_steps[-1] != last.step:  # stopped (or every image diverged) between two stored steps
+        store(last)
+    vmax = _quantile_vmax(diffs[-1].astype(np.float32), DIFF_QUANTILE)
+    heat = np.stack([np.stack([heatmap(d.astype(np.float32), 0.0, vmax) for d in step]) for step in diffs])
+    # The article's comparison: the plain reconstruction error against the projection map, scored alike.
+    plain = detector.predict(x0)
+    proj = ProjectionDetector(model, cfg, detector.score).output(last, x0)  # the registry detector's map and score
+    recon_map, proj_map_np = plain.anomaly_map.float().cpu().numpy(), proj.anomaly_map.float().cpu().numpy()
+    proj_scores = proj.score
+    ctx.update(step=last.step)
+    return {
+        "labels": list(labels),
+        "steps": cfg.steps,
+        "steps_done": last.step,
+        "frame_steps": frame_steps,
+        "x": np.stack(xs),
+        "recon": np.stack(recons),
+        "heat": heat,
+        "diff_vmax": vmax,
+        "energy": mean_energy_curve(energies),
+        "energy_per_image": torch.stack(energies).numpy(),  # [steps + 1, B]
+        "x0": display_rgb(x0),
+        "plain_recon": display_rgb(plain.reconstruction) if plain.reconstruction is not None else None,
+        "x_final": display_rgb(last.x),
+        "recon_map": recon_map,
+        "proj_map": proj_map_np,
+        "recon_scores": plain.score.float().cpu().numpy(),
+        "proj_scores": proj_scores.float().cpu().numpy(),
+        # each map on its own colour scale: the projection map is much smaller than the reconstruction error
+        # (on one scale it was nearly uniform dark blue); each scale is stated under the rows
+        "recon_vmax": _quantile_vmax(recon_map, MAP_QUANTILE),
+        "proj_vmax": _quantile_vmax(proj_map_np, MAP_QUANTILE),
+        "masks": masks,
+        "diverged": [(labels[i], s) for i, s in enumerate(last.diverged_step) if s is not None],
+        "monotone": cfg.monotone,
+        # the guard: (label, halvings of alpha, the alpha it ends with, stalled) of every image it acted on
+        "guarded": [(labels[i], int(h), float(a), bool(st)) for i, (h, a, st)
+                    in enumerate(zip(last.halvings.tolist(), last.alpha.tolist(), last.stalled.tolist())) if h],
+        "energy_rises": int(np.count_nonzero(np.diff(torch.stack(energies).numpy().astype(np.float64), axis=0) > 0)),
+        "stopped": stopped,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def composite(frames: list[np.ndarray], gap: int) -> np.ndarray:

@@ -52,6 +52,7 @@ from core.evaluation.record import RECORD_SCRIPT_ID
 from core.evaluation.scored import ScoredSet, load_for, load_test_split, scored_set
 from core.labels.effective import relabel_scored
 from core.runs import BEST_CKPT, CONFIG_FILE, LoadedRun, read_history
+from core.services.jobs import WorkerTask
 from core.services.threshold import record_for
 from core.viz import heatmap, heatmap_vmax, mask_contour, overlay, strip
 from core.workspace import atomic_write_text
@@ -567,24 +568,24 @@ def stored_report(run_dir: Path | str, detector: str, labels: str = "dataset") -
             "pdf": str(pdf) if meta.get("pdf") and pdf.is_file() else None, "pdf_note": meta.get("pdf_note")}
 
 
-def report_task(run_dir: Path | str, detector: str, labels: str = "dataset", device: str = "cpu"):
+def report_task(run_dir: Path | str, detector: str, labels: str = "dataset", device: str = "cpu") -> WorkerTask:
     """A job that writes the run's report into its folder (:func:`stored_report_path`) for the saved operating
     point; its result is :func:`stored_report`'s dict."""
+    return WorkerTask(_report, {"run_dir": str(run_dir), "detector": detector, "labels": labels, "device": device})
 
-    def task(ctx) -> dict[str, Any]:
-        ctx.update(phase="scoring and measuring")
-        path = stored_report_path(run_dir, detector, labels)
-        point = _point_key(run_dir, detector)  # the point the report is made for (it may change meanwhile)
-        res = write_report(run_dir, path, detector=detector, labels=labels, device=device)
-        meta = {"point": point, "created_utc": res["data"]["created_utc"], "bytes": res["bytes"], "pdf": False,
-                "pdf_note": None}
-        ctx.update(phase="printing the PDF")
-        try:
-            write_pdf(path, path.with_suffix(".pdf"))
-            meta["pdf"] = True
-        except ConfigError as exc:  # no Chromium on the server: the page says so
-            meta["pdf_note"] = str(exc)
-        atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
-        return stored_report(run_dir, detector, labels)
 
-    return task
+def _report(ctx: Any, run_dir: str, detector: str, labels: str, device: str) -> dict[str, Any]:
+    ctx.update(phase="scoring and measuring")
+    path = stored_report_path(run_dir, detector, labels)
+    point = _point_key(run_dir, detector)  # the point the report is made for (it may change meanwhile)
+    res = write_report(run_dir, path, detector=detector, labels=labels, device=device)
+    meta = {"point": point, "created_utc": res["data"]["created_utc"], "bytes": res["bytes"], "pdf": False,
+            "pdf_note": None}
+    ctx.update(phase="printing the PDF")
+    try:
+        write_pdf(path, path.with_suffix(".pdf"))
+        meta["pdf"] = True
+    except ConfigError as exc:  # no Chromium on the server: the page says so
+        meta["pdf_note"] = str(exc)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+    return stored_report(run_dir, detector, labels)

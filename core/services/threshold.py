@@ -4,7 +4,7 @@ threshold a rule picks, the decision record of a choice and the background scori
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from core.evaluation.curves import PRESETS, Costs, Curves
 from core.evaluation.operating import rule_threshold  # noqa: F401  (re-exported: the pages' API)
 from core.evaluation.record import DecisionRecord, decision_record
 from core.evaluation.scored import ScoredSet, scored_set
-from core.services.jobs import JobContext
+from core.services.jobs import JobContext, WorkerTask
 
 BACKGROUND_DETECTORS = ("projection", "anounet")  # scored in a background job (seconds to minutes), then cached
 
@@ -57,10 +57,12 @@ def record_for(ss: ScoredSet, threshold: float, curves: Curves, rule: str, param
         costs=costs, pixel_threshold=pixel_threshold if ss.maps is not None else None, note=note)
 
 
-def scoring_task(run_dir: Path | str, detector: str) -> Callable[[JobContext], dict[str, Any]]:
-    """A job that scores (and caches) the run's test split with ``detector``; state ``done`` / ``total``."""
-    def task(ctx: JobContext) -> dict[str, Any]:
-        scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
-        return {}
+def scoring_task(run_dir: Path | str, detector: str) -> WorkerTask:
+    """A job that scores the run's test split with ``detector`` into the run's cache (``RUN/scored/``, which every
+    session and process reads); state ``done`` / ``total``."""
+    return WorkerTask(_score, {"run_dir": str(run_dir), "detector": detector})
 
-    return task
+
+def _score(ctx: JobContext, run_dir: str, detector: str) -> dict[str, Any]:
+    scored_set(run_dir, detector, progress=lambda i, n: ctx.update(done=i, total=n))
+    return {}

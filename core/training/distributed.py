@@ -126,6 +126,23 @@ def all_sum(value: torch.Tensor, ctx: DistContext | None) -> torch.Tensor:
     return out
 
 
+STOP_CHECK_EVERY = 16  # under torchrun the ranks agree on a stop request every this many batches (one tiny all-reduce)
+
+
+def stop_requested(stop: Any, batch: int, ctx: DistContext | None) -> bool:
+    """Whether to stop before ``batch`` (0-based) of an epoch. One process: ``stop`` is set. Under torchrun every rank
+    must leave at the same batch (a rank that left alone would wait forever in the next all-reduce), so the ranks
+    decide together, at the first batch and every :data:`STOP_CHECK_EVERY` batches: any rank asked, all stop."""
+    asked = stop is not None and stop.is_set()
+    if ctx is None:
+        return asked
+    if batch % STOP_CHECK_EVERY:
+        return False
+    flag = torch.tensor([1 if asked else 0], device=ctx.device)
+    dist.all_reduce(flag)
+    return bool(flag.item())
+
+
 def gather_objects(value: Any, ctx: DistContext | None) -> list[Any]:
     """Every rank's ``value``, in rank order (a single process: ``[value]``)."""
     if ctx is None:
@@ -145,4 +162,9 @@ def launch(nproc: int, argv: list[str], extra: list[str] | None = None) -> int:
     (``--standalone``: a free local rendezvous); ``extra`` are more torchrun options. Returns its exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
            *(extra or []), "-m", "core", *argv]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the whole process group: torchrun and the ranks stop themselves
+            continue

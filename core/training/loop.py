@@ -236,7 +236,7 @@ def fit(
             model.train()
             total, seen = torch.zeros((), device=device), 0  # summed on the device: no .item() sync per batch
             for b, batch in enumerate(objective.batches(epoch, gen)):
-                if stop is not None and stop.is_set():
+                if distributed.stop_requested(stop, b, ctx):
                     status = "stopped"
                     break
                 n_global = len(batch[0]) if isinstance(batch, tuple) else len(batch)

@@ -115,3 +115,42 @@ def test_train_page_shows_a_queued_job_with_its_place_and_cancels_it() -> None:
         release.set()
         for job in busy:
             job.join(10)
+
+
+def test_train_page_offers_the_local_gpus_and_starts_a_data_parallel_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: with 2 or more GPUs the Train page trains data-parallel over them (a torchrun job holding as many
+    slots); with fewer it does not offer it. The launch itself is tested in tests/core/test_jobs.py."""
+    import core.device
+    from core.services.jobs import WorkerTask
+    from views.components import jobs_view, ui
+
+    key_gpus = "train_gpus"  # views/train.py's KEY_GPUS (importing a page module would run it)
+    at = _app()
+    at.switch_page("views/train.py").run()
+    assert not [n for n in at.number_input if n.key == key_gpus]  # no GPUs here: no such control
+
+    launched: list[tuple[int, str]] = []
+
+    def fake(cfg, nproc, run_dir=None, evaluate=True):
+        launched.append((nproc, cfg.model))
+        return WorkerTask(_noop_job)
+
+    monkeypatch.setattr(core.device, "local_gpus", lambda: 2)
+    monkeypatch.setattr(jobs_view, "distributed_training_task", fake)
+    at.run()
+    gpus = at.number_input(key=key_gpus)
+    assert gpus.value == 1 and gpus.max == 2
+    at.radio(key="train_model").set_value("ae")
+    at.selectbox(key="train_size").set_value(32)
+    gpus.set_value(2)
+    at.button[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert launched == [(2, "ae")]
+    job = ui.job_registry().get(at.session_state[ui.KEY_TRAIN_JOB])
+    assert job.need == 2 and job.snapshot().state["nproc"] == 2 and job.title.endswith("on 2 GPUs")
+    assert job.join(30)
+
+
+def _noop_job(ctx) -> dict:
+    return {"run_dir": None}

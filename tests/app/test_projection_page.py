@@ -169,7 +169,9 @@ def test_projection_page_warns_about_divergence(vae_run: Path) -> None:
     model = Exploding()
     x0 = torch.rand(2, 3, 32, 32)
     cfg = ProjectionConfig(steps=3, monotone=False)  # the article's plain update (the guard would halve alpha)
-    task = projection_job.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+    def task(ctx):  # an in-memory model: the job's work without loading a run
+        return projection_job.run_projection(ctx, model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+
     job = ui.job_registry().start(projection_job.JOB_KIND, "diverging", task, job_id="projection-test-divergence",
                                   run_id=vae_run.name, labels=["calm", "wild"], defects=[None, None],
                                   config={"steps": 3, "alpha": cfg.alpha, "lam": cfg.lam, "map_mode": cfg.map_mode})
@@ -200,7 +202,9 @@ def test_projection_page_shows_what_the_energy_guard_did(vae_run: Path) -> None:
     model = Constant()
     x0 = torch.cat([torch.full((1, 3, 32, 32), 0.6), torch.full((1, 3, 32, 32), 0.9)])
     cfg = ProjectionConfig(steps=3, alpha=8.0, lam=0.0)
-    task = projection_job.projection_task(model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+    def task(ctx):  # an in-memory model: the job's work without loading a run
+        return projection_job.run_projection(ctx, model, ReconstructionDetector(model), x0, cfg, ["calm", "wild"], [None, None])
+
     job = ui.job_registry().start(projection_job.JOB_KIND, "guarded", task, job_id="projection-test-guard",
                                   run_id=vae_run.name, labels=["calm", "wild"], defects=[None, None],
                                   config={"steps": 3, "alpha": cfg.alpha, "lam": cfg.lam, "map_mode": cfg.map_mode})

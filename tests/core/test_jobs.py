@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from core.config import TrainConfig
+from core.errors import ConfigError
 from core.services.jobs import (
+    ENV_JOB_WORKERS,
     FAILED,
     FINISHED,
     STOPPED,
@@ -18,6 +21,8 @@ from core.services.jobs import (
     JobContext,
     JobRegistry,
     JobSnapshot,
+    WorkerTask,
+    job_workers,
 )
 from core.services.tasks import training_task
 
@@ -220,3 +225,119 @@ def test_heavy_slots_follow_the_environment(monkeypatch) -> None:
     assert heavy_slots() == 3 and JobRegistry().slots.n == 3
     monkeypatch.setenv("ANOMALYLAB_HEAVY_JOBS", "")
     assert heavy_slots() >= 1
+
+
+# ------------------------------------------------------------------- heavy jobs in worker processes (#16)
+# Module-level functions: a spawned worker imports them by name.
+def _counting(ctx, n: int, gate_s: float) -> dict:
+    for i in range(n):
+        ctx.update(done=i + 1, total=n)
+        time.sleep(gate_s)
+    return {"pid": os.getpid(), "n": n}
+
+
+def _until_stopped(ctx) -> str:
+    ctx.update(phase="waiting")
+    while not ctx.stop.wait(0.05):
+        pass
+    return "stopped cleanly"
+
+
+def _failing(ctx) -> None:
+    ctx.update(phase="about to fail")
+    raise ConfigError("no such dataset")
+
+
+def _dying(ctx) -> None:
+    os._exit(3)  # the worker process dies (as when the kernel kills it for memory)
+
+
+@pytest.fixture(scope="module")
+def process_registry():
+    reg = JobRegistry(heavy=1, workers="process")
+    yield reg
+    reg.close()
+
+
+def test_a_heavy_worker_task_runs_in_another_process_and_relays_its_progress(process_registry) -> None:
+    job = process_registry.start("scoring", "count", WorkerTask(_counting, {"n": 6, "gate_s": 0.15}))
+    seen = _wait_for(job, lambda s: 0 < s.state.get("done", 0) < 6, timeout=120)  # spawning takes seconds
+    assert seen.running and seen.state["total"] == 6
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.status == FINISHED, snap.error
+    assert snap.result["pid"] != os.getpid() and snap.result["n"] == 6
+    assert snap.state["done"] == 6  # the last update arrives before the job counts as finished
+
+
+def test_a_worker_job_stops_on_request_fails_with_its_message_and_survives_a_dead_worker(process_registry) -> None:
+    job = process_registry.start("projection", "wait", WorkerTask(_until_stopped))
+    _wait_for(job, lambda s: s.state.get("phase") == "waiting", timeout=120)
+    job.request_stop()
+    assert job.join(20)
+    assert job.snapshot().status == STOPPED and job.snapshot().result == "stopped cleanly"
+
+    bad = process_registry.start("report", "fail", WorkerTask(_failing))
+    assert bad.join(60)
+    snap = bad.snapshot()
+    assert snap.status == FAILED and snap.error == "ConfigError: no such dataset"
+    assert "_failing" in snap.state["traceback"] and snap.state["phase"] == "about to fail"  # the worker's frames
+
+    dead = process_registry.start("train", "die", WorkerTask(_dying))
+    assert dead.join(60)
+    assert dead.snapshot().status == FAILED and "worker process ended" in dead.snapshot().error
+    again = process_registry.start("train", "after", WorkerTask(_counting, {"n": 1, "gate_s": 0.0}))
+    assert again.join(120) and again.snapshot().status == FINISHED, again.snapshot().error  # fresh workers
+
+
+def test_a_training_job_in_a_worker_process_writes_the_run_folder(process_registry, tmp_path: Path) -> None:
+    cfg = TrainConfig(data="builtin:synthetic", category="bottle", size=32, base_channels=4, depth=3, epochs=2, device="cpu")
+    job = process_registry.start("train", "tiny", training_task(cfg, tmp_path / "run", evaluate=False))
+    assert job.join(300)
+    snap = job.snapshot()
+    assert snap.status == FINISHED, snap.error
+    assert snap.state["epoch"] == 2 and len(snap.state["history"]) == 2 and snap.state["preview"]
+    assert snap.result["run_dir"] == str(tmp_path / "run") and (tmp_path / "run" / "model.pt").is_file()
+    assert snap.state["phase"] == "done"
+
+
+def test_job_workers_follow_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv(ENV_JOB_WORKERS, "thread")
+    assert job_workers() == "thread" and JobRegistry().workers is None
+    monkeypatch.delenv(ENV_JOB_WORKERS)
+    assert job_workers() == "process" and JobRegistry(heavy=2).workers.n == 2  # one worker per heavy slot
+    with pytest.raises(ConfigError):
+        JobRegistry(workers="fork")
+
+
+def test_a_distributed_training_job_follows_its_ranks_and_stops_them_together(tmp_path: Path) -> None:
+    """The Train page's job over several GPUs, here 2 gloo processes on CPU: it publishes the epochs rank 0 writes;
+    Stop reaches both ranks through torchrun (SIGINT), they leave at the same batch and the run says stopped."""
+    import json
+
+    from core.services.tasks import distributed_training_task
+
+    reg = JobRegistry(heavy=2, workers="thread")
+    cfg = TrainConfig(data="builtin:synthetic", category="bottle", size=32, base_channels=4, depth=3, epochs=500,
+                      batch_size=32, device="cpu")
+    job = reg.start("train", "ddp", distributed_training_task(cfg, 2, tmp_path / "run", evaluate=False), need=2)
+    snap = _wait_for(job, lambda s: s.state.get("epoch", 0) >= 1 or not s.running, timeout=240)
+    assert snap.running, snap.error
+    assert snap.state["nproc"] == 2 and snap.state["epochs"] == 500 and snap.state["history"][0]["epoch"] == 1
+    assert reg.slots.active == 2  # it holds both slots
+    job.request_stop()
+    assert job.join(150)
+    snap = job.snapshot()
+    assert snap.status == STOPPED, snap.error
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist["status"] == "stopped" and 1 <= len(hist["epochs"]) < 500
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["world_size"] == 2
+    assert reg.slots.active == 0
+
+
+def test_a_distributed_training_needs_two_processes() -> None:
+    from core.services.tasks import distributed_training_task
+
+    with pytest.raises(ConfigError):
+        distributed_training_task(TrainConfig(), 1)

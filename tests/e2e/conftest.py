@@ -39,7 +39,8 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     workspace = tmp_path_factory.mktemp("e2e_workspace")
     log = open(workspace / "server.log", "w")  # noqa: SIM115 - closed in teardown
-    env = {**os.environ, "ANOMALYLAB_HOME": str(workspace)}
+    # the product's own job workers: heavy jobs in spawned worker processes (the in-process tests use threads)
+    env = {**os.environ, "ANOMALYLAB_HOME": str(workspace), "ANOMALYLAB_JOB_WORKERS": "process"}
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true", "--server.address=127.0.0.1",

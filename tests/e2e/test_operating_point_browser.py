@@ -41,6 +41,17 @@ def _number(page, label: str):
     return page.get_by_label(label, exact=True)
 
 
+def _number_value(page, label: str, want: float, timeout_s: float = 30.0) -> float:
+    """The number input's value once it is ``want`` (else its value at the deadline): a reload's first render may
+    still be replacing the page's elements when the heading appears."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = float(_number(page, label).input_value())
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.25)
+
+
 def _set_number(page, label: str, value: str) -> None:
     box = _number(page, label)
     box.fill(value)
@@ -103,7 +114,7 @@ def test_threshold_and_costs_survive_other_pages_and_a_reload(page, app_server: 
     page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
     wait_idle(page)
     assert server_ae_run.name in _sidebar_run(page)
-    assert float(_number(page, "False alarm").input_value()) == 2.5
+    assert _number_value(page, "False alarm", 2.5) == 2.5
     screenshot(page, "operating_point_after_reload")
     assert page.get_by_test_id("stException").count() == 0
 

@@ -13,7 +13,7 @@ from cachetools import LRUCache
 from core.config import DETECTOR_MODELS, FEATURE_MODELS, TrainConfig
 from core.data.images import encode_png, to_uint8_hwc
 from core.services.jobs import JobSnapshot
-from core.services.tasks import training_task
+from core.services.tasks import distributed_training_task, training_task
 from core.viz import strip
 from views.components import ui
 
@@ -23,9 +23,11 @@ KEY_SEEN_RUNNING = "train_jobs_seen_running"
 KEY_SESSION_JOBS = "train_session_jobs"  # every training job this session started (Home shows them all)
 
 
-def start_training(cfg: TrainConfig, title: str) -> str:
-    """Start a training job in the process-wide registry; remember it for this session."""
-    job = ui.job_registry().start("train", title, training_task(cfg), config=cfg.__dict__)
+def start_training(cfg: TrainConfig, title: str, nproc: int = 1) -> str:
+    """Start a training job in the process-wide registry (``nproc`` > 1: data-parallel over that many local GPUs,
+    holding as many job slots); remember it for this session."""
+    task = distributed_training_task(cfg, nproc) if nproc > 1 else training_task(cfg)
+    job = ui.job_registry().start("train", title, task, need=nproc, config=cfg.__dict__, nproc=nproc)
     st.session_state[ui.KEY_TRAIN_JOB] = job.id  # the latest: its run is selected in the sidebar when it ends
     st.session_state.setdefault(KEY_SESSION_JOBS, []).append(job.id)
     return job.id
