@@ -24,6 +24,7 @@ from core.services.panels import default_picks, short_label
 from core.services.projection_job import (
     KEEP_RESULTS,
     ProjectionRequest,
+    load_result,
     projection_task,
 )
 from views.components import image_picker, job_panel, ui
@@ -161,8 +162,9 @@ def main() -> None:
     draw_estimate(run)
     if submitted is not None:
         request, x0, masks = submitted
-        task = projection_task(run.path, x0, request.cfg, list(request.labels), masks)
-        job_panel.submit(PAGE, request, task, keep_results=KEEP_RESULTS)
+        task = projection_task(run.path, x0, request.cfg, list(request.labels), masks, job_id=request.job_id)
+        job_panel.submit(PAGE, request, task, keep_results=KEEP_RESULTS,
+                         stored=lambda: load_result(run.path, request.job_id))
     job_panel.show(PAGE, run.id, draw_progress, lambda snap: draw_result(snap, run, KEY_STEP))
 
 

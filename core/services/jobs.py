@@ -425,14 +425,22 @@ class JobRegistry:
         return job
 
     def start_or_get(self, job_id: str, fn: Callable[[JobContext], Any], kind: str, title: str,
-                     **state: Any) -> tuple[Job, bool]:
-        """The job ``job_id`` when it runs or has finished with its result still in memory, else ``fn``
+                     stored: Callable[[], Any] | None = None, **state: Any) -> tuple[Job, bool]:
+        """The job ``job_id`` when it runs or has finished with its result still in memory, else the result
+        ``stored()`` finds (one that a job of any process left on disk: a finished job, nothing runs), else ``fn``
         started under that id; ``(job, started)``. Check and start are one step under the registry's lock,
         so two sessions asking for the same id at once get the same job."""
         with self._lock:
             old = self._jobs.get(job_id)
             if old is not None and _reusable(old):
                 return old, False
+            result = stored() if stored is not None else None
+            if result is not None:
+                job = self._new(job_id, kind, title, fn, {**state, "stored": True})
+                job.status, job.result, job.slots, job.ended = FINISHED, result, None, time.time()
+                self._jobs[job_id] = job
+                self._prune()
+                return job, False
             job = self._new(job_id, kind, title, fn, state)
             self._jobs[job_id] = job
             self._prune()

@@ -3,6 +3,8 @@ keeps display frames of the stored steps, and the frame composites of the animat
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,11 +18,13 @@ from core.detectors import registry as detectors
 from core.detectors.projection import ProjectionDetector, mean_energy_curve, project
 from core.detectors.reconstruction import ReconstructionDetector
 from core.device import module_device, resolve_device
+from core.errors import ConfigError
 from core.runs import load_run
 from core.services.image_request import ImageRequest
 from core.services.jobs import JobContext, WorkerTask
 from core.services.panels import display_rgb, display_scale, enlarge_nn
 from core.viz import annotate, column_headers, heatmap
+from core.workspace import atomic_write_bytes
 
 JOB_KIND = "projection"
 MAX_FRAMES = 51  # stored (and animated) steps: evenly spread over the run, always the first and last
@@ -28,6 +32,9 @@ KEEP_RESULTS = 6  # finished projection results kept in memory per server proces
 DIFF_QUANTILE = 0.995  # colour scale of |x_t - x0|: this quantile of the last step's difference
 MAP_QUANTILE = 0.995  # common colour scale of the two maps of the comparison rows
 GIF_PX = 128  # GIF panels are enlarged up to this side (the GIF stays a few MB at most)
+RESULTS_DIR = "projections"  # finished results in the run folder: RUN/projections/<job id>.npz (every process sees them)
+KEEP_STORED = 8  # finished results kept per run (the oldest go first)
+STORE_FORMAT = "anomalylab-projection/1"
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,11 @@ def _quantile_vmax(values: np.ndarray, q: float) -> float:
 
 def projection_task(
     run_dir: Path | str, x0: np.ndarray | torch.Tensor, cfg: ProjectionConfig, labels: list[str],
-    masks: list[np.ndarray | None], device: str = "auto",
+    masks: list[np.ndarray | None], device: str = "auto", job_id: str | None = None,
 ) -> WorkerTask:
     """A job that projects ``x0`` (float ``[B, C, H, W]`` in [0, 1]) with the run's model and keeps display frames
-    of every stored step; the model is loaded where the job runs (a worker process), on ``device``.
+    of every stored step; the model is loaded where the job runs (a worker process), on ``device``. With ``job_id``
+    the finished result is also stored in the run folder (:func:`load_result` finds it, in any process).
 
     State: ``step``, ``steps``, ``energy`` (mean per step so far). Result: uint8 frames ``x``,
     ``recon``, ``heat`` ``[F, B, H, W, 3]`` for the ``frame_steps``; ``energy`` (mean per step) and
@@ -76,14 +84,67 @@ def projection_task(
     """
     x0 = x0.numpy() if isinstance(x0, torch.Tensor) else np.asarray(x0)
     return WorkerTask(_project, {"run_dir": str(run_dir), "x0": x0, "cfg": cfg, "labels": list(labels),
-                                 "masks": list(masks), "device": device})
+                                 "masks": list(masks), "device": device, "job_id": job_id})
 
 
 def _project(ctx: JobContext, run_dir: str, x0: np.ndarray, cfg: ProjectionConfig, labels: list[str],
-             masks: list[np.ndarray | None], device: str) -> dict[str, Any]:
+             masks: list[np.ndarray | None], device: str, job_id: str | None) -> dict[str, Any]:
     run = load_run(run_dir, resolve_device(device))
-    return run_projection(ctx, run.model, detectors.build(run), torch.from_numpy(x0).to(module_device(run.model)), cfg,
-                          labels, masks)
+    result = run_projection(ctx, run.model, detectors.build(run), torch.from_numpy(x0).to(module_device(run.model)),
+                            cfg, labels, masks)
+    if job_id and not result["stopped"]:  # a stopped projection is not the request's result
+        try:
+            save_result(run_dir, job_id, result)
+        except OSError:  # a read-only run folder: the result still reaches this server's sessions
+            pass
+    return result
+
+
+def stored_result_path(run_dir: Path | str, job_id: str) -> Path:
+    """Where the finished result of the projection job ``job_id`` on the run is stored."""
+    if not job_id.replace("-", "").isalnum():
+        raise ConfigError(f"not a projection job id: {job_id!r}")
+    return Path(run_dir) / RESULTS_DIR / f"{job_id}.npz"
+
+
+def save_result(run_dir: Path | str, job_id: str, result: dict[str, Any]) -> Path:
+    """Store a finished result (its arrays, and the rest as JSON inside the same file), atomically; keeps the newest
+    :data:`KEEP_STORED` of the run."""
+    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+    masks = result.get("masks") or []
+    arrays.update({f"mask_{i}": m for i, m in enumerate(masks) if m is not None})
+    rest = {k: v for k, v in result.items() if k not in arrays and k != "masks"}
+    meta = {"format": STORE_FORMAT, "arrays": sorted(k for k in arrays if not k.startswith("mask_")),
+            "masks": [m is not None for m in masks], "none": sorted(k for k, v in rest.items() if v is None),
+            "fields": {k: v for k, v in rest.items() if v is not None}}
+    buf = io.BytesIO()
+    text = json.dumps(meta, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+    np.savez(buf, __meta__=np.frombuffer(text.encode(), np.uint8), **arrays)
+    path = stored_result_path(run_dir, job_id)
+    atomic_write_bytes(path, buf.getvalue())
+    for old in sorted(path.parent.glob("*.npz"), key=lambda p: (p.stat().st_mtime_ns, p.name))[:-KEEP_STORED]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_result(run_dir: Path | str, job_id: str) -> dict[str, Any] | None:
+    """The stored result of ``job_id`` (as :func:`run_projection` returned it), or None when there is none or it
+    cannot be read (then it is computed again)."""
+    try:
+        path = stored_result_path(run_dir, job_id)
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            if meta.get("format") != STORE_FORMAT:
+                return None
+            out: dict[str, Any] = dict(meta["fields"])
+            out.update({k: data[k] for k in meta["arrays"]})
+            out["masks"] = [data[f"mask_{i}"] if present else None for i, present in enumerate(meta["masks"])]
+    except (OSError, ValueError, KeyError, ConfigError):
+        return None
+    out.update({k: None for k in meta.get("none", [])})
+    for key in ("diverged", "guarded"):  # JSON has no tuples
+        out[key] = [tuple(item) for item in out.get(key, [])]
+    return out
 
 
 def run_projection(ctx: JobContext, model: torch.nn.Module, detector: ReconstructionDetector, x0: torch.Tensor,

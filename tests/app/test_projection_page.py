@@ -90,6 +90,7 @@ def test_projection_page_runs_a_job_shows_animation_comparison_gif_and_reuses_re
     assert not at.exception, at.exception
     job_id = _finish(at)
     assert _n_projection_jobs() == before + 1
+    assert projection_job.stored_result_path(vae_run, job_id).is_file()  # every process (and a restart) finds it
 
     charts = at.get("plotly_chart")
     assert len(charts) == 1

@@ -125,3 +125,60 @@ def test_summary_without_defect_pixels_or_comparison() -> None:
     assert s.with_masks == 0 and s.auroc_ano is None and not s.compared and s.auroc_other is None
     assert s.computed == 0 and s.seconds_per_image is None
     assert anounet_job.maps_vmax(np.zeros((2, 3))) == pytest.approx(1e-6)
+
+
+# --------------------------------------------------------------------------- stored projection results (#16)
+def test_a_finished_projection_is_stored_in_the_run_and_found_by_another_registry(tmp_path) -> None:
+    """A projection's result goes to RUN/projections/: a fresh registry (another server process, or after a
+    restart) shows it for the same request without computing it again."""
+    from core.config import TrainConfig
+    from core.services.jobs import FINISHED, JobRegistry
+    from core.training.loop import fit
+
+    run = fit(TrainConfig(data="builtin:synthetic", category="bottle", model="ae", size=32, base_channels=4, depth=3,
+                          epochs=1, device="cpu"), tmp_path / "ae")
+    x0 = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:9, 4:9] = 1
+    job_id = "projection-0123456789ab"
+    task = projection_job.projection_task(run, x0, ProjectionConfig(steps=3), ["a", "b"], [None, mask], device="cpu",
+                                          job_id=job_id)
+    first = JobRegistry(workers="thread").start("projection", "p", task, job_id=job_id)
+    assert first.join(120) and first.snapshot().status == FINISHED, first.snapshot().error
+    computed = first.snapshot().result
+    assert projection_job.stored_result_path(run, job_id).is_file()
+
+    def must_not_run(ctx):
+        raise AssertionError("the stored result should have been used")
+
+    other = JobRegistry(workers="thread")
+    job, started = other.start_or_get(job_id, must_not_run, "projection", "p",
+                                      stored=lambda: projection_job.load_result(run, job_id))
+    snap = job.snapshot()
+    assert not started and snap.status == FINISHED and snap.state["stored"] is True
+    got = snap.result
+    assert got.keys() == computed.keys()
+    for key, value in computed.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+        elif key == "masks":
+            assert got[key][0] is None and np.array_equal(got[key][1], mask)
+        elif key != "seconds":
+            assert got[key] == value, key
+
+    assert projection_job.load_result(run, "projection-ffffffffffff") is None  # never computed
+    projection_job.stored_result_path(run, job_id).write_bytes(b"not an npz")
+    assert projection_job.load_result(run, job_id) is None  # unreadable: computed again
+    with pytest.raises(ValueError):
+        projection_job.stored_result_path(run, "../../etc/passwd")
+
+
+def test_stored_projection_results_are_bounded_per_run(tmp_path) -> None:
+    fake = {"x": np.zeros((1, 1, 2, 2, 3), np.uint8), "labels": ["a"], "masks": [None], "diverged": [("a", np.int64(2))],
+            "guarded": [], "plain_recon": None, "stopped": False, "steps": np.int64(3)}
+    for k in range(projection_job.KEEP_STORED + 3):
+        projection_job.save_result(tmp_path, f"projection-{k:012d}", fake)
+    kept = sorted(p.name for p in (tmp_path / projection_job.RESULTS_DIR).glob("*.npz"))
+    assert len(kept) == projection_job.KEEP_STORED
+    back = projection_job.load_result(tmp_path, f"projection-{projection_job.KEEP_STORED + 2:012d}")
+    assert back["diverged"] == [("a", 2)] and back["plain_recon"] is None and back["steps"] == 3

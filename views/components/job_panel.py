@@ -32,11 +32,13 @@ class JobPage:
 
 
 def submit(page: JobPage, request: ImageRequest, fn: Callable[[JobContext], Any], *, keep_results: int | None = None,
-           **state: Any) -> bool:
-    """Start the job of ``request`` unless the same one runs or has finished, and follow it; True when started.
-    ``keep_results``: then drop the results of all but that many finished jobs of the kind (memory)."""
+           stored: Callable[[], Any] | None = None, **state: Any) -> bool:
+    """Start the job of ``request`` unless the same one runs or has finished (in memory, or ``stored()`` finds its
+    result on disk), and follow it; True when started. ``keep_results``: then drop the results of all but that many
+    finished jobs of the kind (memory)."""
     registry = ui.job_registry()
-    job, started = registry.start_or_get(request.job_id, fn, request.KIND, request.title, **request.job_state(), **state)
+    job, started = registry.start_or_get(request.job_id, fn, request.KIND, request.title, stored=stored,
+                                         **request.job_state(), **state)
     st.session_state[page.key_job] = job.id
     if started and keep_results is not None:
         registry.forget_results(request.KIND, keep_results)
