@@ -32,16 +32,19 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.errors import ConfigError
+from core.workspace import read_roots, set_read_roots
 
 RUNNING, FINISHED, STOPPED, FAILED, QUEUED = "running", "finished", "stopped", "failed", "queued"
 HEAVY_KINDS = frozenset({"train", "projection", "anounet", "scoring", "report"})  # they use every core they get
 ENV_HEAVY_JOBS = "ANOMALYLAB_HEAVY_JOBS"
 ENV_JOB_WORKERS = "ANOMALYLAB_JOB_WORKERS"  # "process" (default) or "thread"
+ENV_JOB_NICE = "ANOMALYLAB_JOB_NICE"  # 0-19: the job workers' lower CPU priority (default 10)
 FLUSH_S = 0.2  # a worker sends its merged progress at most this often
 
 
@@ -56,6 +59,14 @@ def heavy_slots() -> int:
     if torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def job_nice() -> int:
+    """How much lower the job workers' CPU priority is than the server's: ``$ANOMALYLAB_JOB_NICE``, default 10."""
+    try:
+        return max(0, min(19, int(os.environ.get(ENV_JOB_NICE, "10"))))
+    except ValueError:
+        return 10
 
 
 def job_workers() -> str:
@@ -112,19 +123,30 @@ class _WorkerContext:
 _PARENT = [0]  # in a worker: the server's pid
 
 
-def _worker_init(threads: int) -> None:
-    """A worker's share of the CPU cores (the heavy slots split them), and threads for anything it starts itself."""
+def _worker_init(threads: int, nice: int) -> None:
+    """A worker's share of the CPU cores (the heavy slots split them), threads for anything it starts itself, and a
+    lower CPU priority: the server's page scripts come first, the jobs take the rest (their results do not depend
+    on it: fixed work, not time, decides what a model is)."""
     _PARENT[0] = os.getppid()
     os.environ[ENV_JOB_WORKERS] = "thread"
     torch.set_num_threads(max(1, threads))
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
 
 
-def _worker_main(fn: Callable[..., Any], kwargs: dict[str, Any], updates: Any, remote_stop: Any) -> Any:
+def _worker_main(fn: Callable[..., Any], kwargs: dict[str, Any], updates: Any, remote_stop: Any,
+                 roots: list[Path] | None = None) -> Any:
+    """A job in a worker: confined to the server's read roots (process state that spawn does not copy)."""
+    set_read_roots(roots)
     ctx = _WorkerContext(updates, remote_stop)
     try:
         return fn(ctx, **kwargs)
     finally:
         ctx.close()
+        set_read_roots(None)
 
 
 class _Workers:
@@ -146,7 +168,8 @@ class _Workers:
                     self._manager = mp.Manager()
                     _at_exit(self.stop_all)
                 threads = max(1, (os.cpu_count() or 2) // self.n)
-                self._pool = ProcessPoolExecutor(self.n, mp_context=mp, initializer=_worker_init, initargs=(threads,))
+                self._pool = ProcessPoolExecutor(self.n, mp_context=mp, initializer=_worker_init,
+                                                 initargs=(threads, job_nice()))
             return self._pool, self._manager
 
     def run(self, job: Job) -> Any:
@@ -157,7 +180,7 @@ class _Workers:
         with self._lock:
             self._stops[job.id] = stop
         try:
-            future = pool.submit(_worker_main, task.fn, task.kwargs, updates, stop)
+            future = pool.submit(_worker_main, task.fn, task.kwargs, updates, stop, read_roots())
             while True:
                 if job.stop_event.is_set() and not stop.is_set():
                     stop.set()

@@ -24,7 +24,7 @@ from core.services.jobs import JobContext, WorkerTask
 from core.training.common import Progress
 from core.training.loop import fit
 from core.training.warm_start import resolve_warm_start
-from core.workspace import atomic_write_json, cache_dir
+from core.workspace import ENV_ALLOWED_ROOTS, atomic_write_json, cache_dir, read_roots
 
 
 def training_task(cfg: TrainConfig, run_dir: Path | None = None, evaluate: bool = True) -> WorkerTask:
@@ -86,6 +86,8 @@ def _train_distributed(ctx: JobContext, cfg: TrainConfig, nproc: int, run_dir: P
            "--quiet", *([] if evaluate else ["--no-eval"])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if (roots := read_roots()) is not None:  # the ranks read only where this server may
+        env[ENV_ALLOWED_ROOTS] = os.pathsep.join(str(r) for r in roots)
     ctx.update(phase=f"starting {nproc} processes", message="", run_dir=str(out), nproc=nproc, log=str(log_path),
                epochs=cfg.epochs, history=[])
     started, stop_sent = time.monotonic(), None

@@ -233,7 +233,7 @@ def _counting(ctx, n: int, gate_s: float) -> dict:
     for i in range(n):
         ctx.update(done=i + 1, total=n)
         time.sleep(gate_s)
-    return {"pid": os.getpid(), "n": n}
+    return {"pid": os.getpid(), "n": n, "nice": os.nice(0)}
 
 
 def _until_stopped(ctx) -> str:
@@ -246,6 +246,12 @@ def _until_stopped(ctx) -> str:
 def _failing(ctx) -> None:
     ctx.update(phase="about to fail")
     raise ConfigError("no such dataset")
+
+
+def _roots(ctx) -> list | None:
+    from core.workspace import read_roots
+
+    return read_roots()
 
 
 def _dying(ctx) -> None:
@@ -267,7 +273,19 @@ def test_a_heavy_worker_task_runs_in_another_process_and_relays_its_progress(pro
     snap = job.snapshot()
     assert snap.status == FINISHED, snap.error
     assert snap.result["pid"] != os.getpid() and snap.result["n"] == 6
+    assert snap.result["nice"] >= min(19, os.nice(0) + 10)  # page scripts first, the jobs take the rest
     assert snap.state["done"] == 6  # the last update arrives before the job counts as finished
+
+
+def test_a_worker_job_reads_only_below_the_servers_roots(process_registry, tmp_path: Path, monkeypatch) -> None:
+    from core import workspace
+
+    monkeypatch.delenv(workspace.ENV_ALLOWED_ROOTS, raising=False)
+    monkeypatch.setattr(workspace, "_READ_ROOTS", None)
+    workspace.set_read_roots([tmp_path])  # what the app server does; spawn does not copy it
+    job = process_registry.start("scoring", "roots", WorkerTask(_roots))
+    assert job.join(120) and job.snapshot().status == FINISHED, job.snapshot().error
+    assert job.snapshot().result == [tmp_path.resolve()]
 
 
 def test_a_worker_job_stops_on_request_fails_with_its_message_and_survives_a_dead_worker(process_registry) -> None:
