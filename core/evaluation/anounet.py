@@ -114,9 +114,14 @@ def evaluate_anounet(
         part = ctx.shard(len(batch))
         mine = ano.run(batch[part], progress=progress if main else None, stop=stop)
         results = [r for piece in distributed.gather_objects(mine, ctx) for r in piece]
-        if not main:  # rank 0 writes the maps and the summary
-            return {"rank": ctx.rank, "n_done": sum(r is not None for r in mine)}
     seconds = time.perf_counter() - t0
+    ok = [k for k in range(len(sel)) if results[k] is not None]
+    # the comparison run is scored on every rank (scored_set shards it under torchrun), on the test images done
+    compared = _compare(compare, fc, [sel.samples[k].relpath(Path(index.root)) for k in ok], dev) \
+        if compare is not None else {}
+    if not main:  # rank 0 writes the maps and the summary; this rank waits until it has
+        distributed.barrier(ctx)
+        return {"rank": ctx.rank, "n_done": sum(r is not None for r in results)}
     done = [r for r in results if r is not None]
     n_cached = sum(r.cached for r in done)
     n_test = len(sel)
@@ -138,7 +143,6 @@ def evaluate_anounet(
                        feature_distance_before=r.feature_distance_before, feature_distance_after=r.feature_distance_after)
         rows.append(row)
 
-    ok = [k for k in range(n_test) if results[k] is not None]
     ss = ScoredSet.from_split(  # the test images done, as the one result type; metrics from the one summary
         run.id, "anounet", sel.subset(ok), index.root, np.array([results[k].score for k in ok], np.float64),
         np.stack([results[k].anomaly_map for k in ok]) if ok else np.zeros((0, *batch.shape[-2:]), np.float32),
@@ -167,9 +171,9 @@ def evaluate_anounet(
         "image_auroc_fnet": fnet_m["image_auroc"],
         "heatmap_vmax": vmax, "out": str(out_dir), "images": rows,
     }
-    if compare is not None:
-        result.update(_compare(compare, fc, list(ss.paths), dev))
+    result.update(compared)
     atomic_write_json(out_dir / "anounet.json", result)
+    distributed.barrier(ctx)  # under torchrun: the other ranks end once the files are written
     return result
 
 

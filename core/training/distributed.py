@@ -12,6 +12,7 @@ Rank 0 alone writes the run folder (the same format as a single process). NCCL o
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -66,7 +67,19 @@ def setup(device: torch.device) -> DistContext | None:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        atexit.register(_leave)
     return DistContext(rank, world, local, device)
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter ends: a rank that exits with the group alive (one that
+    finished its share first) could abort in the backend's destructor ("terminate called without an active
+    exception"). No barrier here: after a failure the other ranks may never come."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, ValueError):
+            pass
 
 
 def broadcast_object(value: Any, ctx: DistContext | None) -> Any:
