@@ -20,6 +20,7 @@ harness does, to monkeypatch job functions).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import multiprocessing
 import os
@@ -184,19 +185,13 @@ class _Workers:
             while True:
                 if job.stop_event.is_set() and not stop.is_set():
                     stop.set()
+                done = future.done()  # once done, what the worker sent before it returned is all in the queue
                 try:
-                    state = updates.get(timeout=FLUSH_S)
+                    state = updates.get_nowait() if done else updates.get(timeout=FLUSH_S)
                 except queue.Empty:
-                    if future.done():
+                    if done:
                         break
                     continue
-                with job.lock:
-                    job.state.update(state)
-            while True:  # what the worker sent before it returned
-                try:
-                    state = updates.get_nowait()
-                except queue.Empty:
-                    break
                 with job.lock:
                     job.state.update(state)
             try:
@@ -222,7 +217,6 @@ class _Workers:
             except (OSError, EOFError, BrokenPipeError):
                 pass
 
-
     def close(self) -> None:
         """Stop the jobs in the workers, then end the workers and the manager."""
         self.stop_all()
@@ -237,9 +231,9 @@ class _Workers:
 def _at_exit(fn: Callable[[], None]) -> None:
     """Call ``fn`` when the interpreter exits, before ``concurrent.futures`` waits for its workers' running jobs
     (threading's exit hooks run last-registered first; ``atexit``'s would run after that wait)."""
-    register = getattr(threading, "_register_atexit", None)
+    register = getattr(threading, "_register_atexit", None) or atexit.register
     try:
-        (register or __import__("atexit").register)(fn)
+        register(fn)
     except RuntimeError:  # already shutting down
         pass
 
@@ -311,17 +305,16 @@ class _Slots:
                     self.queue.remove(job.id)
                     self.cv.notify_all()
                     return False
-                need = min(job.need, self.n)  # a job over all the GPUs takes every slot
-                if self.queue[0] == job.id and self.active + need <= self.n:
+                if self.queue[0] == job.id and self.active + job.need <= self.n:
                     self.queue.pop(0)
-                    self.active += need
+                    self.active += job.need
                     self.cv.notify_all()
                     return True
                 self.cv.wait(0.25)
 
     def release(self, job: Job) -> None:
         with self.cv:
-            self.active -= min(job.need, self.n)
+            self.active -= job.need
             self.cv.notify_all()
 
     def position(self, job_id: str) -> tuple[int | None, int]:
@@ -425,7 +418,8 @@ class JobRegistry:
              need: int = 1) -> Job:
         heavy = kind in HEAVY_KINDS
         return Job(job_id, kind, title, fn, state=dict(state), status=QUEUED if heavy else RUNNING,
-                   slots=self.slots if heavy else None, workers=self.workers if heavy else None, need=max(1, int(need)))
+                   slots=self.slots if heavy else None, workers=self.workers if heavy else None,
+                   need=min(max(1, int(need)), self.slots.n))  # a job over all the GPUs takes every slot
 
     def start(self, kind: str, title: str, fn: Callable[[JobContext], Any], job_id: str | None = None, *,
               need: int = 1, **state: Any) -> Job:
@@ -457,7 +451,11 @@ class JobRegistry:
             old = self._jobs.get(job_id)
             if old is not None and _reusable(old):
                 return old, False
-            result = stored() if stored is not None else None
+        result = stored() if stored is not None else None  # read outside the lock: it may be tens of MB
+        with self._lock:
+            old = self._jobs.get(job_id)
+            if old is not None and _reusable(old):  # another session got there meanwhile
+                return old, False
             if result is not None:
                 job = self._new(job_id, kind, title, fn, {**state, "stored": True})
                 job.status, job.result, job.slots, job.ended = FINISHED, result, None, time.time()

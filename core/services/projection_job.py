@@ -115,8 +115,7 @@ def save_result(run_dir: Path | str, job_id: str, result: dict[str, Any]) -> Pat
     arrays.update({f"mask_{i}": m for i, m in enumerate(masks) if m is not None})
     rest = {k: v for k, v in result.items() if k not in arrays and k != "masks"}
     meta = {"format": STORE_FORMAT, "arrays": sorted(k for k in arrays if not k.startswith("mask_")),
-            "masks": [m is not None for m in masks], "none": sorted(k for k, v in rest.items() if v is None),
-            "fields": {k: v for k, v in rest.items() if v is not None}}
+            "masks": [m is not None for m in masks], "fields": rest}
     buf = io.BytesIO()
     text = json.dumps(meta, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
     np.savez(buf, __meta__=np.frombuffer(text.encode(), np.uint8), **arrays)
@@ -141,7 +140,6 @@ def load_result(run_dir: Path | str, job_id: str) -> dict[str, Any] | None:
             out["masks"] = [data[f"mask_{i}"] if present else None for i, present in enumerate(meta["masks"])]
     except (OSError, ValueError, KeyError, ConfigError):
         return None
-    out.update({k: None for k in meta.get("none", [])})
     for key in ("diverged", "guarded"):  # JSON has no tuples
         out[key] = [tuple(item) for item in out.get(key, [])]
     return out
